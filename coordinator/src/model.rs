@@ -1,0 +1,340 @@
+//! The coordinator's durable records: jobs, tasks (with their lease), workers, and the
+//! append-only event, log and metric entries. Plain data, serialised as JSON into the
+//! store (JSON so a record written by an older coordinator still reads: new fields take
+//! their serde defaults). No behaviour beyond small queries lives here.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub type JobId = String;
+pub type TaskId = String;
+pub type WorkerId = String;
+
+/// Milliseconds since the Unix epoch; the clock is injected everywhere.
+pub type UnixMs = i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Submitted; no task has been leased yet.
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// What the scheduler needs of a job's spec, extracted once at submit so scheduling
+/// never re-parses YAML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Requirements {
+    /// "cuda" or "cpu".
+    pub device: String,
+    pub min_memory_bytes: u64,
+    pub max_retries: u32,
+    pub max_interruptions: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub name: String,
+    pub request_id: String,
+    pub spec_yaml: String,
+    pub priority: i32,
+    /// Submission order; FIFO among equal priorities.
+    pub seq: u64,
+    pub submitted_ms: UnixMs,
+    #[serde(default)]
+    pub started_ms: Option<UnixMs>,
+    #[serde(default)]
+    pub finished_ms: Option<UnixMs>,
+    pub state: JobState,
+    #[serde(default)]
+    pub failure: Option<String>,
+    pub requirements: Requirements,
+    /// The select stage's choice: (block, rate) for every block (1 = softmax, 0 = linear).
+    #[serde(default)]
+    pub selected_layout: Option<Vec<(u32, u32)>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Stage {
+    Capture,
+    Distill,
+    Select,
+    Finetune,
+    Export,
+    Evaluate,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::Capture,
+        Stage::Distill,
+        Stage::Select,
+        Stage::Finetune,
+        Stage::Export,
+        Stage::Evaluate,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Capture => "capture",
+            Stage::Distill => "distill",
+            Stage::Select => "select",
+            Stage::Finetune => "finetune",
+            Stage::Export => "export",
+            Stage::Evaluate => "evaluate",
+        }
+    }
+
+    /// Select runs inside the coordinator; every other stage runs on workers.
+    pub fn runs_on_worker(self) -> bool {
+        self != Stage::Select
+    }
+}
+
+/// What a task does, beyond its stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskParams {
+    Capture {
+        shard: u32,
+        first_prompt: u32,
+        num_prompts: u32,
+    },
+    /// rate: 0 = linear, R >= 2 hybrid.
+    Distill {
+        block: u32,
+        rate: u32,
+    },
+    Select,
+    Finetune,
+    Export,
+    Evaluate,
+}
+
+/// The task state machine (DESIGN.md):
+///
+/// ```text
+/// pending ──lease──▶ leased(workers, attempt, deadline) ──first progress──▶ running
+/// running ──complete──▶ succeeded
+/// running/leased ──fail (retryable, preempted) or lease expired──▶ pending (next lease is attempt + 1)
+/// … ──fail (fatal) or budget exhausted──▶ failed        any ──cancel──▶ cancelled
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    Pending,
+    Leased,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn is_active(self) -> bool {
+        matches!(self, TaskState::Leased | TaskState::Running)
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureClass {
+    /// Counted against the retry budget.
+    Retryable,
+    /// The worker was asked to leave; not counted.
+    Preempted,
+    /// Lease expired or the worker went away; not counted.
+    Lost,
+    /// The task and its job fail now.
+    Fatal,
+}
+
+impl FailureClass {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureClass::Retryable => "retryable",
+            FailureClass::Preempted => "preempted",
+            FailureClass::Lost => "lost",
+            FailureClass::Fatal => "fatal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub class: FailureClass,
+    pub message: String,
+    pub attempt: u32,
+    pub at_ms: UnixMs,
+}
+
+/// One member of a lease; a plain task has one, a gang task W.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub rank: u32,
+    pub worker_id: WorkerId,
+    pub slot: u32,
+    /// Renewed by the member's heartbeats; the lease is lost when any member's passes.
+    pub deadline_ms: UnixMs,
+    /// Set at rendezvous: where this member's CPU collective listens.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub arrived: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub attempt: u32,
+    pub granted_ms: UnixMs,
+    pub members: Vec<Member>,
+    /// Rank 0's NCCL unique id, relayed to the other members.
+    #[serde(default)]
+    pub nccl_unique_id: Option<Vec<u8>>,
+}
+
+impl Lease {
+    pub fn deadline_ms(&self) -> UnixMs {
+        self.members
+            .iter()
+            .map(|m| m.deadline_ms)
+            .min()
+            .unwrap_or(self.granted_ms)
+    }
+
+    pub fn member(&self, worker_id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.worker_id == worker_id)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub step: u64,
+    pub total_steps: u64,
+    pub metrics: BTreeMap<String, f64>,
+    pub message: String,
+    pub updated_ms: UnixMs,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub metrics: BTreeMap<String, f64>,
+    /// Object-store paths relative to the job root.
+    pub artifacts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub job_id: JobId,
+    pub id: TaskId,
+    pub stage: Stage,
+    pub params: TaskParams,
+    pub deps: Vec<TaskId>,
+    /// Workers leased together (all-or-nothing); 1 for a plain task.
+    pub gang_size: u32,
+    /// Position in the plan; tasks of one job are offered in this order.
+    pub order: u32,
+    pub state: TaskState,
+    /// The attempt of the newest lease; 0 before the first.
+    pub attempt: u32,
+    /// Counted failures since the last resume.
+    pub retries_used: u32,
+    /// Preemptions and lost leases since the last resume.
+    pub interruptions: u32,
+    #[serde(default)]
+    pub lease: Option<Lease>,
+    #[serde(default)]
+    pub progress: Option<Progress>,
+    #[serde(default)]
+    pub result: Option<TaskResult>,
+    #[serde(default)]
+    pub last_failure: Option<Failure>,
+    pub updated_ms: UnixMs,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    pub device: String,
+    pub model: String,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerStatus {
+    Alive,
+    /// Not heard from within the worker timeout.
+    Lost,
+    /// A newer registration under the same name ended this one.
+    Replaced,
+}
+
+impl WorkerStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerStatus::Alive => "alive",
+            WorkerStatus::Lost => "lost",
+            WorkerStatus::Replaced => "replaced",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub id: WorkerId,
+    pub name: String,
+    pub host: String,
+    pub version: String,
+    pub slots: Vec<SlotInfo>,
+    pub status: WorkerStatus,
+    pub registered_ms: UnixMs,
+    /// Not persisted on every heartbeat; a restarted coordinator starts it at "now".
+    pub last_seen_ms: UnixMs,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub job_id: JobId,
+    #[serde(default)]
+    pub task_id: Option<TaskId>,
+    pub unix_ms: UnixMs,
+    /// Short machine-readable kind: "submitted", "leased", "failed", ...
+    pub kind: String,
+    pub message: String,
+    #[serde(default)]
+    pub job_state: Option<JobState>,
+    #[serde(default)]
+    pub task_state: Option<TaskState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub seq: u64,
+    pub job_id: JobId,
+    pub task_id: TaskId,
+    pub worker_id: WorkerId,
+    pub unix_ms: UnixMs,
+    pub level: String,
+    pub message: String,
+}
+
+/// One point of a task's training curve, kept for ever (loss curves across resumes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    pub seq: u64,
+    pub job_id: JobId,
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub step: u64,
+    pub unix_ms: UnixMs,
+    pub metrics: BTreeMap<String, f64>,
+}

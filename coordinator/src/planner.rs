@@ -1,0 +1,219 @@
+//! The planner: a pure function from a validated spec to the job's tasks and their
+//! dependencies (DESIGN.md's job graph):
+//!
+//! ```text
+//! capture[shard] ──▶ distill[block, rate] ──▶ select ──▶ finetune (gang) ──▶ export ──▶ evaluate
+//! ```
+//!
+//! Distill tasks are only those the selection rule can use (all blocks x rates for the
+//! knapsack, one rate for the homogeneous rule, the listed pairs for a layout).
+
+use crate::model::{JobId, Stage, TaskParams, TaskRecord, TaskState, UnixMs};
+use surgery_core::ids;
+use surgery_core::spec::JobSpec;
+
+pub fn plan(job_id: &JobId, spec: &JobSpec, now: UnixMs) -> Vec<TaskRecord> {
+    let mut tasks = Vec::new();
+    let mut add = |id: String, stage: Stage, params: TaskParams, deps: Vec<String>, gang_size: u32| {
+        let order = tasks.len() as u32;
+        tasks.push(TaskRecord {
+            job_id: job_id.clone(),
+            id,
+            stage,
+            params,
+            deps,
+            gang_size,
+            order,
+            state: TaskState::Pending,
+            attempt: 0,
+            retries_used: 0,
+            interruptions: 0,
+            lease: None,
+            progress: None,
+            result: None,
+            last_failure: None,
+            updated_ms: now,
+        });
+    };
+
+    let per_shard = spec.data.prompts_per_shard;
+    let captures: Vec<String> = (0..spec.capture_shards()).map(ids::capture_task).collect();
+    for (shard, id) in captures.iter().enumerate() {
+        let shard = shard as u32;
+        let first_prompt = shard * per_shard;
+        let num_prompts = per_shard.min(spec.data.train_prompts - first_prompt);
+        add(
+            id.clone(),
+            Stage::Capture,
+            TaskParams::Capture {
+                shard,
+                first_prompt,
+                num_prompts,
+            },
+            Vec::new(),
+            1,
+        );
+    }
+
+    let mut distills = Vec::new();
+    for (block, rate) in spec.distill_pairs() {
+        let id = ids::distill_task(block, rate);
+        distills.push(id.clone());
+        add(
+            id,
+            Stage::Distill,
+            TaskParams::Distill {
+                block,
+                rate: rate.as_u32(),
+            },
+            captures.clone(),
+            1,
+        );
+    }
+
+    add(ids::SELECT_TASK.into(), Stage::Select, TaskParams::Select, distills, 1);
+    // Fine-tuning also reads the capture stage's latents; select already waits for them.
+    add(
+        ids::FINETUNE_TASK.into(),
+        Stage::Finetune,
+        TaskParams::Finetune,
+        vec![ids::SELECT_TASK.into()],
+        spec.resources.finetune_workers,
+    );
+    add(
+        ids::EXPORT_TASK.into(),
+        Stage::Export,
+        TaskParams::Export,
+        vec![ids::FINETUNE_TASK.into()],
+        1,
+    );
+    add(
+        ids::EVALUATE_TASK.into(),
+        Stage::Evaluate,
+        TaskParams::Evaluate,
+        vec![ids::EXPORT_TASK.into()],
+        1,
+    );
+    tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn spec(extra: &str) -> JobSpec {
+        let yaml = format!(
+            "version: 1\nname: p\nteacher:\n  url: /m\n  preset: wan2.1-t2v-1.3b\ndata:\n  prompts: /p\n  train_prompts: 20\n  prompts_per_shard: 8\nvideo: {{frames: 81, height: 480, width: 832}}\nresources:\n  finetune_workers: 4\n{extra}"
+        );
+        JobSpec::parse(&yaml).unwrap()
+    }
+
+    #[test]
+    fn knapsack_plan_has_every_stage_in_order() {
+        let tasks = plan(&"j".to_string(), &spec(""), 5);
+        // 3 capture shards (20 prompts / 8), 30 blocks x 3 rates, select, finetune, export, evaluate.
+        assert_eq!(tasks.len(), 3 + 90 + 4);
+        let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(
+            &ids[..3],
+            ["capture/shard-0000", "capture/shard-0001", "capture/shard-0002"]
+        );
+        assert_eq!(ids[3], "distill/block-00/rate-2");
+        assert_eq!(ids[92], "distill/block-29/rate-8");
+        assert_eq!(&ids[93..], ["select", "finetune", "export", "evaluate"]);
+        assert_eq!(
+            tasks[2].params,
+            TaskParams::Capture {
+                shard: 2,
+                first_prompt: 16,
+                num_prompts: 4
+            }
+        );
+        assert_eq!(tasks[4].params, TaskParams::Distill { block: 0, rate: 4 });
+        assert!(
+            tasks
+                .iter()
+                .enumerate()
+                .all(|(i, t)| t.order == i as u32 && t.state == TaskState::Pending && t.attempt == 0)
+        );
+    }
+
+    #[test]
+    fn dependencies_form_the_design_graph() {
+        let tasks = plan(&"j".to_string(), &spec(""), 0);
+        let by_id = |id: &str| tasks.iter().find(|t| t.id == id).unwrap();
+        assert!(by_id("capture/shard-0001").deps.is_empty());
+        assert_eq!(by_id("distill/block-05/rate-4").deps.len(), 3);
+        assert_eq!(by_id("select").deps.len(), 90);
+        assert_eq!(by_id("finetune").deps, vec!["select"]);
+        assert_eq!(by_id("finetune").gang_size, 4);
+        assert_eq!(by_id("export").deps, vec!["finetune"]);
+        assert_eq!(by_id("evaluate").deps, vec!["export"]);
+        // Every dependency names an earlier task: the plan is a DAG in order.
+        let mut seen = HashSet::new();
+        for task in &tasks {
+            for dep in &task.deps {
+                assert!(seen.contains(dep.as_str()), "{} depends on later {dep}", task.id);
+            }
+            seen.insert(task.id.as_str());
+        }
+    }
+
+    #[test]
+    fn layout_plans_only_the_listed_pairs() {
+        let tasks = plan(
+            &"j".to_string(),
+            &spec(
+                "surgery:\n  selection:\n    layout:\n      - {blocks: [4, 2], rate: 2}\n      - {blocks: [9], rate: linear}\n",
+            ),
+            0,
+        );
+        let distill: Vec<&str> = tasks
+            .iter()
+            .filter(|t| t.stage == Stage::Distill)
+            .map(|t| t.id.as_str())
+            .collect();
+        assert_eq!(
+            distill,
+            [
+                "distill/block-02/rate-2",
+                "distill/block-04/rate-2",
+                "distill/block-09/rate-linear"
+            ]
+        );
+    }
+
+    #[test]
+    fn homogeneous_plans_one_rate() {
+        let tasks = plan(
+            &"j".to_string(),
+            &spec("surgery:\n  selection:\n    homogeneous: {rate: 4, blocks: 15}\n"),
+            0,
+        );
+        assert_eq!(tasks.iter().filter(|t| t.stage == Stage::Distill).count(), 30);
+        assert!(
+            tasks
+                .iter()
+                .filter(|t| t.stage == Stage::Distill)
+                .all(|t| t.id.ends_with("rate-4"))
+        );
+    }
+
+    #[test]
+    fn shards_cover_every_prompt_once() {
+        let tasks = plan(&"j".to_string(), &spec(""), 0);
+        let mut covered = Vec::new();
+        for task in &tasks {
+            if let TaskParams::Capture {
+                first_prompt,
+                num_prompts,
+                ..
+            } = task.params
+            {
+                covered.extend(first_prompt..first_prompt + num_prompts);
+            }
+        }
+        assert_eq!(covered, (0..20).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,514 @@
+//! The FLOP cost model of METHOD.md section 1: how many floating-point operations one
+//! transformer block (and one whole forward pass of the model) costs at a given token
+//! count and block rate R. It owns the teacher's shape (`ModelShape`), the per-head
+//! feature-map shape (`FeatureMapShape`), the block rate (`Rate`, with its config/wire
+//! encoding as a `u32`), the video -> latent -> token arithmetic of the Wan VAE and
+//! patchifier, and the FLOP formulas. Convention throughout: one multiply-add = 2 FLOPs,
+//! C = heads x head_dim, N = tokens; element-wise work (norms, RoPE, activations,
+//! softmax exponentials, modulation) is not counted, as in the paper. Everything here is
+//! a pure function; stage 2 (`crate::select`) consumes these numbers as costs.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Shape of the teacher transformer; everything the FLOP model needs and nothing else.
+/// Also the spec's `teacher.shape`, hence unknown fields are rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelShape {
+    pub layers: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub ffn_dim: u32,
+    /// Width of the text-encoder embeddings (umT5-XXL: 4096).
+    pub text_dim: u32,
+    /// Number of text tokens the cross-attention sees (padded length, 512 for Wan).
+    pub text_len: u32,
+    pub in_channels: u32,
+    pub out_channels: u32,
+    /// Patch size in (frames, height, width) of the latent.
+    pub patch: [u32; 3],
+    /// Width of the sinusoidal timestep embedding.
+    pub freq_dim: u32,
+}
+
+impl ModelShape {
+    /// Wan2.1 T2V 1.3B (METHOD.md section 6).
+    pub fn wan21_1_3b() -> Self {
+        Self {
+            layers: 30,
+            heads: 12,
+            head_dim: 128,
+            ffn_dim: 8960,
+            text_dim: 4096,
+            text_len: 512,
+            in_channels: 16,
+            out_channels: 16,
+            patch: [1, 2, 2],
+            freq_dim: 256,
+        }
+    }
+
+    /// Model width C = heads x head_dim.
+    pub fn dim(&self) -> u64 {
+        u64::from(self.heads) * u64::from(self.head_dim)
+    }
+
+    /// Latent elements per patch (p_t p_h p_w).
+    fn patch_volume(&self) -> u64 {
+        self.patch.iter().map(|&p| u64::from(p)).product()
+    }
+}
+
+/// Shape of one feature map (phi_q or phi_k): per head a 2-layer MLP
+/// head_dim -> hidden -> features, where `features` is D', the width of phi's output
+/// (the P = 2 power chunks together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureMapShape {
+    pub hidden: u32,
+    pub features: u32,
+}
+
+impl FeatureMapShape {
+    /// The paper's size: hidden = D' = 256 (about 1.2M parameters per map per block).
+    pub fn paper_default() -> Self {
+        Self {
+            hidden: 256,
+            features: 256,
+        }
+    }
+
+    /// Parameters of one map over all heads: per head two linear layers with biases.
+    pub fn params_per_map(&self, heads: u32, head_dim: u32) -> u64 {
+        let (d, h, f) = (u64::from(head_dim), u64::from(self.hidden), u64::from(self.features));
+        u64::from(heads) * (d * h + h + h * f + f)
+    }
+}
+
+/// Rate R of one block: how many keys are kept as softmax anchors.
+///
+/// Encoded (serde, config) as a `u32`: 1 = softmax, 0 = linear (R = inf), R >= 2 =
+/// hybrid. The derived order is "how much softmax is given up":
+/// Softmax < Hybrid(2) < Hybrid(4) < ... < Linear; stage 2 uses it to break ties.
+/// `Hybrid(r)` with r < 2 is not a valid value; build rates with `from_u32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "u32", into = "u32")]
+pub enum Rate {
+    Softmax,
+    Hybrid(u32),
+    Linear,
+}
+
+impl Rate {
+    /// Decode the `u32` encoding (1 = softmax, 0 = linear, R >= 2 = hybrid).
+    pub fn from_u32(r: u32) -> Rate {
+        match r {
+            0 => Rate::Linear,
+            1 => Rate::Softmax,
+            r => Rate::Hybrid(r),
+        }
+    }
+
+    /// The `u32` encoding; inverse of `from_u32` for valid rates.
+    pub fn as_u32(&self) -> u32 {
+        match *self {
+            Rate::Linear => 0,
+            Rate::Softmax => 1,
+            Rate::Hybrid(r) => r,
+        }
+    }
+
+    /// False only for the unrepresentable `Hybrid(0)` / `Hybrid(1)`.
+    pub fn is_valid(&self) -> bool {
+        !matches!(self, Rate::Hybrid(r) if *r < 2)
+    }
+
+    /// Number of anchor keys |T_S| among `tokens` keys under the strided rule
+    /// (flattened index i with i mod R == 0): ceil(N / R); all N for softmax, none for
+    /// linear. (The diagonal pattern has a count that depends on the grid; the cost
+    /// model uses the strided count for both, which is within one row of it.)
+    pub fn anchors(&self, tokens: u64) -> u64 {
+        match *self {
+            Rate::Softmax => tokens,
+            Rate::Linear => 0,
+            // max(1) only guards the invalid Hybrid(0) against division by zero.
+            Rate::Hybrid(r) => tokens.div_ceil(u64::from(r.max(1))),
+        }
+    }
+}
+
+impl From<u32> for Rate {
+    fn from(r: u32) -> Self {
+        Rate::from_u32(r)
+    }
+}
+
+impl From<Rate> for u32 {
+    fn from(r: Rate) -> Self {
+        r.as_u32()
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rate::Softmax => f.write_str("softmax"),
+            Rate::Linear => f.write_str("linear"),
+            Rate::Hybrid(r) => write!(f, "R{r}"),
+        }
+    }
+}
+
+/// A string that is not a rate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid rate {0:?}: expected \"softmax\", \"linear\", \"R<n>\" with n >= 2, or an integer (1 = softmax, 0 = linear)"
+)]
+pub struct ParseRateError(pub String);
+
+impl FromStr for Rate {
+    type Err = ParseRateError;
+
+    /// Accepts the `Display` forms ("softmax", "linear", "R4", case-insensitive) and
+    /// the bare `u32` encoding ("4", "1", "0").
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let err = || ParseRateError(s.to_string());
+        if t.eq_ignore_ascii_case("softmax") {
+            return Ok(Rate::Softmax);
+        }
+        if t.eq_ignore_ascii_case("linear") {
+            return Ok(Rate::Linear);
+        }
+        if let Some(n) = t.strip_prefix(['R', 'r']) {
+            let r: u32 = n.parse().map_err(|_| err())?;
+            // "R1" would silently mean softmax; demand the explicit word instead.
+            return if r >= 2 { Ok(Rate::Hybrid(r)) } else { Err(err()) };
+        }
+        t.parse::<u32>().map(Rate::from_u32).map_err(|_| err())
+    }
+}
+
+/// Parameters of one map as f64, for the FLOP formulas.
+fn phi_params(shape: &ModelShape, fmap: &FeatureMapShape) -> f64 {
+    fmap.params_per_map(shape.heads, shape.head_dim) as f64
+}
+
+/// Self-attention core FLOPs of one block (scores, softmax-weighted values, the linear
+/// state and its read-out, and the feature maps), excluding the q/k/v/o projections.
+///
+/// * softmax: 4 N^2 C (q k^T and P v, each 2 N^2 C);
+/// * hybrid R: 4 N ceil(N/R) C + 4 N D' C + 2 N params(phi_q) + 2 |T_L| params(phi_k);
+/// * linear: 4 N D' C + 2 N params(phi_q) + 2 N params(phi_k).
+///
+/// The linear part is METHOD's "about 4 N D' C": building S over |T_L| keys and reading
+/// it out for N queries is 2 (|T_L| + N) D' C, which is at most 4 N D' C; the simpler
+/// bound is kept so hybrid and linear share one formula. phi_q runs on every query,
+/// phi_k only on the linear keys.
+pub fn attention_flops(shape: &ModelShape, fmap: &FeatureMapShape, tokens: u64, rate: Rate) -> f64 {
+    let n = tokens as f64;
+    let c = shape.dim() as f64;
+    if rate == Rate::Softmax {
+        return 4.0 * n * n * c;
+    }
+    let anchors = rate.anchors(tokens);
+    let linear_keys = (tokens - anchors) as f64;
+    let softmax_part = 4.0 * n * anchors as f64 * c;
+    let linear_part = 4.0 * n * f64::from(fmap.features) * c;
+    let p = phi_params(shape, fmap);
+    let phi = 2.0 * n * p + 2.0 * linear_keys * p;
+    softmax_part + linear_part + phi
+}
+
+/// FLOPs of one transformer block's forward pass other than the self-attention core:
+/// self-attention q, k, v, o projections 8 N C^2; cross-attention q and o projections
+/// 4 N C^2, k and v projections of the L text tokens 4 L C^2, scores and values
+/// 4 N L C; FFN 4 N C F. (Biases, norms, modulation and gating are element-wise and
+/// not counted.) Independent of the rate: surgery only touches the attention core.
+pub fn block_flops_excluding_self_attention(shape: &ModelShape, tokens: u64) -> f64 {
+    let n = tokens as f64;
+    let c = shape.dim() as f64;
+    let l = f64::from(shape.text_len);
+    let ffn = f64::from(shape.ffn_dim);
+    let self_proj = 8.0 * n * c * c;
+    let cross_qo = 4.0 * n * c * c;
+    let cross_kv = 4.0 * l * c * c;
+    let cross_core = 4.0 * n * l * c;
+    let ffn_flops = 4.0 * n * c * ffn;
+    self_proj + cross_qo + cross_kv + cross_core + ffn_flops
+}
+
+/// Tokens of a latent video: (F / p_t)(H / p_h)(W / p_w). Wan requires the latent to
+/// be divisible by the patch; integer division here drops any remainder.
+pub fn tokens(shape: &ModelShape, latent_frames: u32, latent_height: u32, latent_width: u32) -> u64 {
+    let [pt, ph, pw] = shape.patch.map(|p| u64::from(p.max(1)));
+    (u64::from(latent_frames) / pt) * (u64::from(latent_height) / ph) * (u64::from(latent_width) / pw)
+}
+
+/// Latent (frames, height, width) of a pixel video under the Wan VAE stride (4, 8, 8):
+/// the first frame is encoded alone, then every 4 frames become one, so
+/// (frames - 1) / 4 + 1 latent frames (0 frames -> 0). Height and width divide by 8.
+pub fn latent_dims(frames: u32, height: u32, width: u32) -> (u32, u32, u32) {
+    let latent_frames = if frames == 0 { 0 } else { (frames - 1) / 4 + 1 };
+    (latent_frames, height / 8, width / 8)
+}
+
+/// FLOPs outside the blocks for one forward pass of one sample: patch embedding
+/// (a strided Conv3d = a linear map of each patch), the output head, the text
+/// embedder (2-layer MLP over the L text tokens) and the timestep embedder (computed
+/// once per sample). Approximate: the final norm/modulation and unpatchify are
+/// element-wise.
+fn embedding_flops(shape: &ModelShape, tokens: u64) -> f64 {
+    let n = tokens as f64;
+    let c = shape.dim() as f64;
+    let pv = shape.patch_volume() as f64;
+    let l = f64::from(shape.text_len);
+    let patch_embed = 2.0 * n * f64::from(shape.in_channels) * pv * c;
+    let head = 2.0 * n * c * f64::from(shape.out_channels) * pv;
+    let text = 2.0 * l * (f64::from(shape.text_dim) * c + c * c);
+    // sinusoid -> dim -> dim, then the shared projection to 6 x dim.
+    let time = 2.0 * (f64::from(shape.freq_dim) * c + c * c) + 2.0 * c * 6.0 * c;
+    patch_embed + head + text + time
+}
+
+/// FLOPs of one forward pass of one sample (classifier-free guidance doubles it)
+/// with `rates[i]` the rate of block i. Blocks past the end of `rates` are softmax,
+/// the same convention as an explicit layout; entries past `shape.layers` are ignored.
+pub fn model_forward_flops(shape: &ModelShape, fmap: &FeatureMapShape, tokens: u64, rates: &[Rate]) -> f64 {
+    debug_assert!(
+        rates.len() <= shape.layers as usize,
+        "{} rates for a {}-block model",
+        rates.len(),
+        shape.layers
+    );
+    let rest = block_flops_excluding_self_attention(shape, tokens);
+    let blocks: f64 = (0..shape.layers as usize)
+        .map(|i| {
+            let rate = rates.get(i).copied().unwrap_or(Rate::Softmax);
+            attention_flops(shape, fmap, tokens, rate) + rest
+        })
+        .sum();
+    blocks + embedding_flops(shape, tokens)
+}
+
+/// FLOPs of one forward pass of the unmodified (all-softmax) teacher.
+pub fn softmax_model_forward_flops(shape: &ModelShape, tokens: u64) -> f64 {
+    // The feature-map shape is irrelevant when every block is softmax.
+    model_forward_flops(shape, &FeatureMapShape::paper_default(), tokens, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const N480: u64 = 32_760;
+
+    fn rel(a: f64, b: f64) -> f64 {
+        (a - b).abs() / b.abs()
+    }
+
+    #[test]
+    fn wan_shape_dim() {
+        let s = ModelShape::wan21_1_3b();
+        assert_eq!(s.dim(), 1536);
+        assert_eq!(s.patch_volume(), 4);
+    }
+
+    #[test]
+    fn latent_and_tokens_480p() {
+        let s = ModelShape::wan21_1_3b();
+        assert_eq!(latent_dims(81, 480, 832), (21, 60, 104));
+        let (f, h, w) = latent_dims(81, 480, 832);
+        assert_eq!(tokens(&s, f, h, w), N480);
+    }
+
+    #[test]
+    fn latent_dims_edges() {
+        assert_eq!(latent_dims(0, 0, 0), (0, 0, 0));
+        assert_eq!(latent_dims(1, 8, 8), (1, 1, 1));
+        assert_eq!(latent_dims(5, 16, 24), (2, 2, 3));
+        // 320x480, 81 frames: 21 x 40 x 60 latent.
+        assert_eq!(latent_dims(81, 320, 480), (21, 40, 60));
+        let s = ModelShape::wan21_1_3b();
+        assert_eq!(tokens(&s, 21, 40, 60), 21 * 20 * 30);
+    }
+
+    #[test]
+    fn feature_map_params_about_1_2m() {
+        let f = FeatureMapShape::paper_default();
+        // Per head: 128*256 + 256 + 256*256 + 256 = 98,816; 12 heads.
+        assert_eq!(f.params_per_map(12, 128), 1_185_792);
+        assert!(rel(f.params_per_map(12, 128) as f64, 1.2e6) < 0.02);
+    }
+
+    #[test]
+    fn rate_encoding_roundtrip() {
+        assert_eq!(Rate::from_u32(0), Rate::Linear);
+        assert_eq!(Rate::from_u32(1), Rate::Softmax);
+        assert_eq!(Rate::from_u32(2), Rate::Hybrid(2));
+        for r in [0u32, 1, 2, 4, 8, 16] {
+            assert_eq!(Rate::from_u32(r).as_u32(), r);
+            assert!(Rate::from_u32(r).is_valid());
+        }
+        assert!(!Rate::Hybrid(1).is_valid());
+        assert!(!Rate::Hybrid(0).is_valid());
+    }
+
+    #[test]
+    fn rate_serde_is_u32() {
+        let rates = vec![Rate::Softmax, Rate::Hybrid(2), Rate::Hybrid(8), Rate::Linear];
+        let j = serde_json::to_string(&rates).unwrap();
+        assert_eq!(j, "[1,2,8,0]");
+        let back: Vec<Rate> = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, rates);
+        assert!(serde_json::from_str::<Rate>("-1").is_err());
+        assert!(serde_json::from_str::<Rate>("\"R2\"").is_err());
+    }
+
+    #[test]
+    fn rate_display_and_parse() {
+        assert_eq!(Rate::Softmax.to_string(), "softmax");
+        assert_eq!(Rate::Hybrid(2).to_string(), "R2");
+        assert_eq!(Rate::Linear.to_string(), "linear");
+        for r in [Rate::Softmax, Rate::Hybrid(2), Rate::Hybrid(4), Rate::Linear] {
+            assert_eq!(r.to_string().parse::<Rate>().unwrap(), r);
+        }
+        assert_eq!("r8".parse::<Rate>().unwrap(), Rate::Hybrid(8));
+        assert_eq!("4".parse::<Rate>().unwrap(), Rate::Hybrid(4));
+        assert_eq!("1".parse::<Rate>().unwrap(), Rate::Softmax);
+        assert_eq!("0".parse::<Rate>().unwrap(), Rate::Linear);
+        for bad in ["R1", "R0", "R", "Rx", "fast", "", "-2"] {
+            let e = bad.parse::<Rate>().unwrap_err();
+            assert!(e.to_string().contains("invalid rate"), "{e}");
+        }
+    }
+
+    #[test]
+    fn rate_order_is_softmax_given_up() {
+        let mut v = vec![Rate::Linear, Rate::Hybrid(8), Rate::Softmax, Rate::Hybrid(2)];
+        v.sort();
+        assert_eq!(v, vec![Rate::Softmax, Rate::Hybrid(2), Rate::Hybrid(8), Rate::Linear]);
+    }
+
+    #[test]
+    fn anchors_strided() {
+        assert_eq!(Rate::Softmax.anchors(10), 10);
+        assert_eq!(Rate::Linear.anchors(10), 0);
+        // indices 0, 2, 4, 6, 8 / 0, 4, 8 / 0, 8
+        assert_eq!(Rate::Hybrid(2).anchors(10), 5);
+        assert_eq!(Rate::Hybrid(4).anchors(10), 3);
+        assert_eq!(Rate::Hybrid(8).anchors(10), 2);
+        assert_eq!(Rate::Hybrid(2).anchors(0), 0);
+        assert_eq!(Rate::Hybrid(2).anchors(1), 1);
+        // Brute-force the rule itself.
+        for n in 0..50u64 {
+            for r in [2u32, 3, 4, 8] {
+                let count = (0..n).filter(|i| i.is_multiple_of(u64::from(r))).count() as u64;
+                assert_eq!(Rate::Hybrid(r).anchors(n), count);
+            }
+        }
+        assert_eq!(Rate::Hybrid(2).anchors(N480), 16_380);
+    }
+
+    #[test]
+    fn softmax_core_480p_is_6_59_tflop() {
+        let s = ModelShape::wan21_1_3b();
+        let f = FeatureMapShape::paper_default();
+        let core = attention_flops(&s, &f, N480, Rate::Softmax);
+        assert_eq!(core, 4.0 * 32_760f64.powi(2) * 1536.0);
+        assert!(rel(core, 6.59e12) < 0.005, "{core:e}");
+    }
+
+    #[test]
+    fn rest_of_block_480p_is_2_84_tflop() {
+        let s = ModelShape::wan21_1_3b();
+        let rest = block_flops_excluding_self_attention(&s, N480);
+        assert!(rel(rest, 2.84e12) < 0.03, "{rest:e}");
+        // FFN dominates: 4 N C F = 1.80 TFLOP.
+        let ffn = 4.0 * N480 as f64 * 1536.0 * 8960.0;
+        assert!(ffn / rest > 0.6);
+    }
+
+    #[test]
+    fn hybrid_and_linear_formulas() {
+        let s = ModelShape::wan21_1_3b();
+        let f = FeatureMapShape::paper_default();
+        let (n, c, d) = (N480 as f64, 1536.0, 256.0);
+        let p = 1_185_792.0;
+        let r2 = attention_flops(&s, &f, N480, Rate::Hybrid(2));
+        let want = 4.0 * n * 16_380.0 * c + 4.0 * n * d * c + 2.0 * n * p + 2.0 * 16_380.0 * p;
+        assert_eq!(r2, want);
+        let lin = attention_flops(&s, &f, N480, Rate::Linear);
+        assert_eq!(lin, 4.0 * n * d * c + 4.0 * n * p);
+        // The linear core is a few percent of the softmax core at 480p.
+        let sm = attention_flops(&s, &f, N480, Rate::Softmax);
+        assert!(lin / sm < 0.05, "{}", lin / sm);
+        // R2 roughly halves the core.
+        assert!((r2 / sm - 0.5).abs() < 0.05, "{}", r2 / sm);
+    }
+
+    #[test]
+    fn cost_decreases_with_rate() {
+        let s = ModelShape::wan21_1_3b();
+        let f = FeatureMapShape::paper_default();
+        let costs: Vec<f64> = [
+            Rate::Softmax,
+            Rate::Hybrid(2),
+            Rate::Hybrid(4),
+            Rate::Hybrid(8),
+            Rate::Linear,
+        ]
+        .iter()
+        .map(|&r| attention_flops(&s, &f, N480, r))
+        .collect();
+        for w in costs.windows(2) {
+            assert!(w[0] > w[1], "{costs:?}");
+        }
+    }
+
+    #[test]
+    fn zero_tokens_cost_nothing_per_token() {
+        let s = ModelShape::wan21_1_3b();
+        let f = FeatureMapShape::paper_default();
+        for r in [Rate::Softmax, Rate::Hybrid(2), Rate::Linear] {
+            assert_eq!(attention_flops(&s, &f, 0, r), 0.0);
+        }
+    }
+
+    #[test]
+    fn model_forward_480p() {
+        let s = ModelShape::wan21_1_3b();
+        let f = FeatureMapShape::paper_default();
+        let full = softmax_model_forward_flops(&s, N480);
+        let per_block = attention_flops(&s, &f, N480, Rate::Softmax) + block_flops_excluding_self_attention(&s, N480);
+        let blocks = 30.0 * per_block;
+        // Embeddings and head are a small positive extra (~0.01%).
+        assert!(full > blocks);
+        assert!((full - blocks) / full < 1e-3);
+        assert!(rel(full, 283e12) < 0.01, "{full:e}");
+        // An explicit all-softmax list is the same; a short list pads with softmax.
+        let all = vec![Rate::Softmax; 30];
+        assert_eq!(model_forward_flops(&s, &f, N480, &all), full);
+        // 15 blocks at R2 save 15 x (softmax core - R2 core).
+        let mut mixed = vec![Rate::Hybrid(2); 15];
+        mixed.extend(vec![Rate::Softmax; 15]);
+        let saved =
+            15.0 * (attention_flops(&s, &f, N480, Rate::Softmax) - attention_flops(&s, &f, N480, Rate::Hybrid(2)));
+        let got = model_forward_flops(&s, &f, N480, &mixed);
+        assert!(rel(full - got, saved) < 1e-9);
+        let short = model_forward_flops(&s, &f, N480, &mixed[..15]);
+        assert_eq!(short, got);
+    }
+
+    #[test]
+    fn shapes_serde_roundtrip() {
+        let s = ModelShape::wan21_1_3b();
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<ModelShape>(&j).unwrap(), s);
+        let f = FeatureMapShape::paper_default();
+        let j = serde_json::to_string(&f).unwrap();
+        assert_eq!(serde_json::from_str::<FeatureMapShape>(&j).unwrap(), f);
+    }
+}

@@ -1,0 +1,661 @@
+//! The job spec: one YAML document (with `version: 1`) that describes a whole Attention
+//! Surgery run (METHOD.md): the teacher, the prompt data, the surgery settings, every
+//! stage's hyper-parameters, resources, checkpoints and retries.
+//!
+//! [`JobSpec::parse`] is the only way in: it rejects unknown fields, wrong types and
+//! out-of-range or inconsistent values, each as a [`FieldError`] with the field's path and
+//! its line in the YAML, so `surgeryctl validate` and the coordinator say the same thing.
+
+mod locate;
+mod parse;
+mod rate;
+mod validate;
+
+pub use parse::{FieldError, SpecError};
+pub use rate::CandidateRate;
+
+use crate::cost::{FeatureMapShape, ModelShape};
+use serde::{Deserialize, Serialize};
+
+/// The spec versions this build understands.
+pub const SUPPORTED_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Spec format version; only [`SUPPORTED_VERSION`].
+    pub version: u32,
+    /// Lower-case letters, digits and '-', at most 63 characters.
+    pub name: String,
+    /// Higher runs first; FIFO among equal priorities. -1000..=1000.
+    #[serde(default)]
+    pub priority: i32,
+    pub teacher: TeacherSpec,
+    pub data: DataSpec,
+    /// Pixel size of the generated videos; latents are (frames-1)/4+1 x height/8 x width/8.
+    pub video: VideoSpec,
+    #[serde(default)]
+    pub sampler: SamplerSpec,
+    #[serde(default)]
+    pub surgery: SurgerySpec,
+    #[serde(default)]
+    pub stages: StagesSpec,
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+    #[serde(default)]
+    pub retry: RetrySpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherSpec {
+    /// Object-store URL (or local path) of a diffusers-format model folder:
+    /// config.json plus safetensors (single file or sharded with its index).
+    pub url: String,
+    /// A known architecture; exactly one of `preset` and `shape`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<Preset>,
+    /// The architecture spelled out (must match the model's config.json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<ModelShape>,
+    #[serde(default)]
+    pub dtype: Dtype,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Preset {
+    #[serde(rename = "wan2.1-t2v-1.3b")]
+    Wan21T2v1_3b,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    Bf16,
+    Fp32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// Object-store URL of a safetensors file holding `prompt_embeds`
+    /// [prompts, text_len, text_dim] (and optionally `negative_embeds` [1, text_len, text_dim]
+    /// for classifier-free guidance).
+    pub prompts: String,
+    /// Prompts the teacher samples in the capture stage (the first ones of the file).
+    pub train_prompts: u32,
+    /// Prompts after the training ones, kept for evaluation.
+    #[serde(default)]
+    pub heldout_prompts: u32,
+    /// Prompts per capture task.
+    #[serde(default = "defaults::prompts_per_shard")]
+    pub prompts_per_shard: u32,
+    /// Fine-tuning data: `capture` (the teacher's own final latents from the capture
+    /// stage) or an object-store URL of latent shards.
+    #[serde(default = "defaults::finetune_data")]
+    pub finetune_data: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoSpec {
+    pub frames: u32,
+    pub height: u32,
+    pub width: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSpec {
+    /// Denoising steps (flow-matching Euler).
+    #[serde(default = "defaults::sampler_steps")]
+    pub steps: u32,
+    /// Timestep shift: sigma' = shift sigma / (1 + (shift - 1) sigma).
+    #[serde(default = "defaults::shift")]
+    pub shift: f64,
+    /// Classifier-free guidance scale; 1 turns guidance off.
+    #[serde(default = "defaults::guidance")]
+    pub guidance: f64,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SurgerySpec {
+    /// `hybrid` (softmax anchors + linear rest) or `linear` (only rate `linear`).
+    #[serde(default)]
+    pub attention: AttentionKind,
+    /// Candidate rates to distill for the knapsack: integers >= 2 or `linear`.
+    #[serde(default = "defaults::rates")]
+    pub rates: Vec<CandidateRate>,
+    #[serde(default)]
+    pub anchor_pattern: AnchorPattern,
+    #[serde(default)]
+    pub feature_map: FeatureMapSpec,
+    #[serde(default)]
+    pub selection: SelectionSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKind {
+    #[default]
+    Hybrid,
+    Linear,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnchorPattern {
+    /// Anchor when flattened index i mod R == 0 (the paper's rule).
+    #[default]
+    Strided,
+    /// Anchor when (f + h + w) mod R == 0 (no vertical stripes when width % R == 0).
+    Diagonal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureMapSpec {
+    /// Hidden width of the per-head MLP psi (d -> hidden -> features).
+    #[serde(default = "defaults::fmap_width")]
+    pub hidden: u32,
+    /// Output width D' of phi.
+    #[serde(default = "defaults::fmap_width")]
+    pub features: u32,
+    /// P: chunk p of psi's output is raised to the p-th power.
+    #[serde(default = "defaults::chunks")]
+    pub chunks: u32,
+    /// Added to the shared normaliser's denominator.
+    #[serde(default = "defaults::fmap_eps")]
+    pub eps: f64,
+}
+
+impl FeatureMapSpec {
+    pub fn shape(&self) -> FeatureMapShape {
+        FeatureMapShape {
+            hidden: self.hidden,
+            features: self.features,
+        }
+    }
+}
+
+/// How the select stage chooses each block's rate (METHOD.md section 3): exactly one of
+/// the three rules. (A struct of options rather than an enum: serde_yaml spells enums as
+/// YAML tags, which users do not write.)
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionSpec {
+    /// Multiple-choice knapsack: least total distillation error within a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knapsack: Option<KnapsackSpec>,
+    /// An explicit layout: these blocks at these rates, the rest softmax.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Vec<LayoutEntry>>,
+    /// The paper's baseline: the `blocks` lowest-error blocks at one rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub homogeneous: Option<HomogeneousSpec>,
+}
+
+/// The rule a [`SelectionSpec`] names; knapsack with its defaults when none is set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SelectionRule {
+    Knapsack(KnapsackSpec),
+    Layout(Vec<LayoutEntry>),
+    Homogeneous(HomogeneousSpec),
+}
+
+impl SelectionSpec {
+    pub fn rule(&self) -> SelectionRule {
+        if let Some(layout) = &self.layout {
+            SelectionRule::Layout(layout.clone())
+        } else if let Some(homogeneous) = &self.homogeneous {
+            SelectionRule::Homogeneous(homogeneous.clone())
+        } else {
+            SelectionRule::Knapsack(self.knapsack.clone().unwrap_or_default())
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnapsackSpec {
+    /// Fraction of the all-softmax attention cost, in (0, 1].
+    #[serde(default = "defaults::budget")]
+    pub budget: f64,
+    #[serde(default)]
+    pub cost: CostSource,
+}
+
+impl Default for KnapsackSpec {
+    fn default() -> Self {
+        KnapsackSpec {
+            budget: defaults::budget(),
+            cost: CostSource::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomogeneousSpec {
+    pub rate: CandidateRate,
+    pub blocks: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CostSource {
+    /// The FLOP model of METHOD.md.
+    Flops,
+    /// Attention time measured on the worker's GPU during distillation.
+    #[default]
+    Measured,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutEntry {
+    pub blocks: Vec<u32>,
+    pub rate: CandidateRate,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagesSpec {
+    #[serde(default)]
+    pub capture: CaptureSpec,
+    #[serde(default)]
+    pub distill: DistillSpec,
+    #[serde(default)]
+    pub finetune: FinetuneSpec,
+    #[serde(default)]
+    pub evaluate: EvaluateSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSpec {
+    /// Denoising step indices (0-based, < sampler.steps) whose block inputs are cached.
+    #[serde(default = "defaults::capture_steps")]
+    pub steps: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSpec {
+    /// Optimizer steps per (block, rate) task.
+    #[serde(default = "defaults::distill_steps")]
+    pub steps: u32,
+    /// Cached samples per loaded batch.
+    #[serde(default = "defaults::distill_batch")]
+    pub batch: u32,
+    /// U: updates taken on each loaded batch.
+    #[serde(default = "defaults::updates_per_batch")]
+    pub updates_per_batch: u32,
+    #[serde(default = "defaults::distill_lr")]
+    pub lr: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub loss: DistillLoss,
+    /// Fraction of cached samples held out to measure e_br.
+    #[serde(default = "defaults::heldout_fraction")]
+    pub heldout_fraction: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistillLoss {
+    /// mean |y - y_hat| (the paper's default).
+    #[default]
+    ValueL1,
+    /// log(1 + ||exp(q k^T) - phi_q phi_k^T||^2).
+    AttentionScore,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneSpec {
+    #[serde(default = "defaults::finetune_steps")]
+    pub steps: u32,
+    /// Samples per optimizer step over the whole gang; a multiple of the gang size.
+    #[serde(default = "defaults::global_batch")]
+    pub global_batch: u32,
+    #[serde(default = "defaults::finetune_lr")]
+    pub lr: f64,
+    #[serde(default = "defaults::weight_decay")]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this; 0 turns clipping off.
+    #[serde(default = "defaults::grad_clip")]
+    pub grad_clip: f64,
+    /// Weight of the optional MSE to the teacher's velocity; 0 turns it off.
+    #[serde(default)]
+    pub teacher_loss_weight: f64,
+    /// Recompute each block in the backward pass.
+    #[serde(default = "defaults::yes")]
+    pub activation_checkpointing: bool,
+    /// Keep an fp32 master copy of bf16 weights.
+    #[serde(default = "defaults::yes")]
+    pub fp32_master_weights: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateSpec {
+    /// Sampling steps for the teacher-agreement check on held-out prompts.
+    #[serde(default = "defaults::sampler_steps")]
+    pub steps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    #[serde(default)]
+    pub device: Device,
+    /// Slots with less GPU memory are not used (0: any).
+    #[serde(default)]
+    pub min_gpu_memory_gib: u32,
+    /// Workers (one GPU each) in the fine-tuning gang.
+    #[serde(default = "defaults::one")]
+    pub finetune_workers: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cuda,
+    Cpu,
+}
+
+impl Device {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Device::Cuda => "cuda",
+            Device::Cpu => "cpu",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Training steps between checkpoints (distill and finetune).
+    #[serde(default = "defaults::checkpoint_every")]
+    pub every_steps: u32,
+    /// Complete checkpoints kept per task; older ones are deleted.
+    #[serde(default = "defaults::keep_last")]
+    pub keep_last: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Counted (retryable) failures a task may have before it, and the job, fail.
+    #[serde(default = "defaults::max_retries")]
+    pub max_retries: u32,
+    /// Preemptions and lost leases a task may have; not counted as failures, but a
+    /// ceiling keeps a task that kills its worker from cycling for ever.
+    #[serde(default = "defaults::max_interruptions")]
+    pub max_interruptions: u32,
+}
+
+mod defaults {
+    use super::CandidateRate;
+    use crate::cost::Rate;
+
+    pub fn prompts_per_shard() -> u32 {
+        8
+    }
+    pub fn finetune_data() -> String {
+        "capture".to_string()
+    }
+    pub fn sampler_steps() -> u32 {
+        50
+    }
+    pub fn shift() -> f64 {
+        5.0
+    }
+    pub fn guidance() -> f64 {
+        5.0
+    }
+    pub fn rates() -> Vec<CandidateRate> {
+        vec![
+            CandidateRate(Rate::Hybrid(2)),
+            CandidateRate(Rate::Hybrid(4)),
+            CandidateRate(Rate::Hybrid(8)),
+        ]
+    }
+    pub fn budget() -> f64 {
+        0.6
+    }
+    pub fn fmap_width() -> u32 {
+        256
+    }
+    pub fn chunks() -> u32 {
+        2
+    }
+    pub fn fmap_eps() -> f64 {
+        1e-6
+    }
+    pub fn capture_steps() -> Vec<u32> {
+        vec![0, 10, 20, 30, 40]
+    }
+    pub fn distill_steps() -> u32 {
+        2000
+    }
+    pub fn distill_batch() -> u32 {
+        1
+    }
+    pub fn updates_per_batch() -> u32 {
+        4
+    }
+    pub fn distill_lr() -> f64 {
+        1e-3
+    }
+    pub fn heldout_fraction() -> f64 {
+        0.1
+    }
+    pub fn finetune_steps() -> u32 {
+        1000
+    }
+    pub fn global_batch() -> u32 {
+        32
+    }
+    pub fn finetune_lr() -> f64 {
+        1e-5
+    }
+    pub fn weight_decay() -> f64 {
+        0.01
+    }
+    pub fn grad_clip() -> f64 {
+        1.0
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn one() -> u32 {
+        1
+    }
+    pub fn checkpoint_every() -> u32 {
+        100
+    }
+    pub fn keep_last() -> u32 {
+        3
+    }
+    pub fn max_retries() -> u32 {
+        3
+    }
+    pub fn max_interruptions() -> u32 {
+        50
+    }
+}
+
+impl Default for SamplerSpec {
+    fn default() -> Self {
+        SamplerSpec {
+            steps: defaults::sampler_steps(),
+            shift: defaults::shift(),
+            guidance: defaults::guidance(),
+            seed: 0,
+        }
+    }
+}
+
+impl Default for SurgerySpec {
+    fn default() -> Self {
+        SurgerySpec {
+            attention: AttentionKind::default(),
+            rates: defaults::rates(),
+            anchor_pattern: AnchorPattern::default(),
+            feature_map: FeatureMapSpec::default(),
+            selection: SelectionSpec::default(),
+        }
+    }
+}
+
+impl Default for FeatureMapSpec {
+    fn default() -> Self {
+        FeatureMapSpec {
+            hidden: defaults::fmap_width(),
+            features: defaults::fmap_width(),
+            chunks: defaults::chunks(),
+            eps: defaults::fmap_eps(),
+        }
+    }
+}
+
+impl Default for CaptureSpec {
+    fn default() -> Self {
+        CaptureSpec {
+            steps: defaults::capture_steps(),
+        }
+    }
+}
+
+impl Default for DistillSpec {
+    fn default() -> Self {
+        DistillSpec {
+            steps: defaults::distill_steps(),
+            batch: defaults::distill_batch(),
+            updates_per_batch: defaults::updates_per_batch(),
+            lr: defaults::distill_lr(),
+            weight_decay: 0.0,
+            loss: DistillLoss::default(),
+            heldout_fraction: defaults::heldout_fraction(),
+        }
+    }
+}
+
+impl Default for FinetuneSpec {
+    fn default() -> Self {
+        FinetuneSpec {
+            steps: defaults::finetune_steps(),
+            global_batch: defaults::global_batch(),
+            lr: defaults::finetune_lr(),
+            weight_decay: defaults::weight_decay(),
+            grad_clip: defaults::grad_clip(),
+            teacher_loss_weight: 0.0,
+            activation_checkpointing: true,
+            fp32_master_weights: true,
+        }
+    }
+}
+
+impl Default for EvaluateSpec {
+    fn default() -> Self {
+        EvaluateSpec {
+            steps: defaults::sampler_steps(),
+        }
+    }
+}
+
+impl Default for ResourcesSpec {
+    fn default() -> Self {
+        ResourcesSpec {
+            device: Device::default(),
+            min_gpu_memory_gib: 0,
+            finetune_workers: 1,
+        }
+    }
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        CheckpointSpec {
+            every_steps: defaults::checkpoint_every(),
+            keep_last: defaults::keep_last(),
+        }
+    }
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            max_retries: defaults::max_retries(),
+            max_interruptions: defaults::max_interruptions(),
+        }
+    }
+}
+
+impl JobSpec {
+    /// Parses and validates a spec. Every problem found is returned at once, each with
+    /// its field path and line.
+    pub fn parse(yaml: &str) -> Result<JobSpec, SpecError> {
+        let spec = parse::deserialize(yaml)?;
+        validate::validate(&spec, yaml)?;
+        Ok(spec)
+    }
+
+    /// The teacher's architecture, from the preset or the spelled-out shape.
+    pub fn model_shape(&self) -> ModelShape {
+        match (&self.teacher.shape, self.teacher.preset) {
+            (Some(shape), _) => *shape,
+            (None, Some(Preset::Wan21T2v1_3b)) | (None, None) => ModelShape::wan21_1_3b(),
+        }
+    }
+
+    /// Latent (frames, height, width) of the configured video size.
+    pub fn latent_dims(&self) -> (u32, u32, u32) {
+        crate::cost::latent_dims(self.video.frames, self.video.height, self.video.width)
+    }
+
+    /// Tokens per sample after patchifying the latent video.
+    pub fn tokens(&self) -> u64 {
+        let (f, h, w) = self.latent_dims();
+        crate::cost::tokens(&self.model_shape(), f, h, w)
+    }
+
+    /// The (block, rate) pairs the distill stage must train for the selection rule.
+    pub fn distill_pairs(&self) -> Vec<(u32, crate::cost::Rate)> {
+        let layers = self.model_shape().layers;
+        match self.surgery.selection.rule() {
+            SelectionRule::Knapsack(_) => (0..layers)
+                .flat_map(|block| self.surgery.rates.iter().map(move |rate| (block, rate.0)))
+                .collect(),
+            SelectionRule::Homogeneous(h) => (0..layers).map(|block| (block, h.rate.0)).collect(),
+            SelectionRule::Layout(entries) => {
+                let mut pairs: Vec<(u32, crate::cost::Rate)> = entries
+                    .iter()
+                    .filter(|entry| entry.rate.0 != crate::cost::Rate::Softmax)
+                    .flat_map(|entry| entry.blocks.iter().map(move |block| (*block, entry.rate.0)))
+                    .collect();
+                pairs.sort_by_key(|(block, rate)| (*block, rate.as_u32()));
+                pairs
+            }
+        }
+    }
+
+    /// Number of capture tasks.
+    pub fn capture_shards(&self) -> u32 {
+        self.data.train_prompts.div_ceil(self.data.prompts_per_shard.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,350 @@
+//! Spec parsing and validation: the shipped examples are valid, and each class of user
+//! error comes back with the message, path and line the user sees.
+
+use super::*;
+use crate::cost::Rate;
+
+const TINY: &str = include_str!("../../../configs/tiny.yaml");
+const WAN: &str = include_str!("../../../configs/wan2.1-1.3b.yaml");
+
+/// A small valid spec; tests edit it one line at a time.
+const BASE: &str = "\
+version: 1
+name: t
+teacher:
+  url: file:///models/wan
+  preset: wan2.1-t2v-1.3b
+data:
+  prompts: s3://bucket/prompts.safetensors
+  train_prompts: 16
+video:
+  frames: 81
+  height: 480
+  width: 832
+";
+
+fn errors(yaml: &str) -> Vec<FieldError> {
+    JobSpec::parse(yaml).expect_err("spec should be rejected").errors
+}
+
+fn one_error(yaml: &str) -> FieldError {
+    let errs = errors(yaml);
+    assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
+    errs.into_iter().next().unwrap()
+}
+
+fn with(extra: &str) -> String {
+    format!("{BASE}{extra}")
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let tiny = JobSpec::parse(TINY).unwrap();
+    assert_eq!(tiny.name, "tiny");
+    assert_eq!(tiny.resources.device, Device::Cpu);
+    assert_eq!(tiny.model_shape().layers, 2);
+    assert_eq!(tiny.tokens(), 72);
+    assert_eq!(tiny.capture_shards(), 2);
+    assert_eq!(tiny.distill_pairs().len(), 2 * 3);
+
+    let wan = JobSpec::parse(WAN).unwrap();
+    assert_eq!(wan.model_shape(), crate::cost::ModelShape::wan21_1_3b());
+    assert_eq!(wan.tokens(), 32_760);
+    assert_eq!(wan.distill_pairs().len(), 30 * 3);
+    assert_eq!(wan.capture_shards(), 125);
+}
+
+#[test]
+fn defaults_fill_what_is_left_out() {
+    let spec = JobSpec::parse(BASE).unwrap();
+    assert_eq!(spec.sampler.steps, 50);
+    assert_eq!(spec.sampler.shift, 5.0);
+    assert_eq!(
+        spec.surgery.rates.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![Rate::Hybrid(2), Rate::Hybrid(4), Rate::Hybrid(8)]
+    );
+    assert_eq!(spec.surgery.anchor_pattern, AnchorPattern::Strided);
+    assert_eq!(
+        spec.surgery.selection.rule(),
+        SelectionRule::Knapsack(KnapsackSpec {
+            budget: 0.6,
+            cost: CostSource::Measured
+        })
+    );
+    assert_eq!(spec.stages.distill.loss, DistillLoss::ValueL1);
+    assert_eq!(spec.retry.max_retries, 3);
+}
+
+#[test]
+fn unknown_field_names_path_and_line() {
+    let err = one_error(&with("sampler:\n  stpes: 20\n"));
+    assert_eq!(err.path, "sampler.stpes");
+    assert_eq!(err.line, 14);
+    assert!(
+        err.message.starts_with("unknown field `stpes`, expected one of"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("`steps`"), "{}", err.message);
+}
+
+#[test]
+fn unknown_top_level_field() {
+    let err = one_error(&with("gpus: 8\n"));
+    assert_eq!(err.path, "gpus");
+    assert_eq!(err.line, 13);
+    assert!(err.message.contains("unknown field `gpus`"), "{}", err.message);
+}
+
+#[test]
+fn wrong_type_names_path_and_line() {
+    let err = one_error(&with("stages:\n  distill:\n    steps: many\n"));
+    assert_eq!(err.path, "stages.distill.steps");
+    assert_eq!(err.line, 15);
+    assert!(
+        err.message.contains("invalid type: string \"many\", expected u32"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn negative_where_unsigned() {
+    let err = one_error(&with("stages:\n  finetune:\n    steps: -5\n"));
+    assert_eq!(err.path, "stages.finetune.steps");
+    assert_eq!(err.message, "invalid type: integer `-5`, expected u32");
+}
+
+#[test]
+fn missing_required_field() {
+    let yaml = BASE.replace("  train_prompts: 16\n", "");
+    let err = one_error(&yaml);
+    assert_eq!(err.path, "data");
+    assert!(err.message.contains("missing field `train_prompts`"), "{}", err.message);
+}
+
+#[test]
+fn unknown_enum_word() {
+    let err = one_error(&with("surgery:\n  anchor_pattern: spiral\n"));
+    assert_eq!(err.path, "surgery.anchor_pattern");
+    assert_eq!(err.line, 14);
+    assert!(
+        err.message
+            .contains("unknown variant `spiral`, expected `strided` or `diagonal`"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn bad_rate_word() {
+    let err = one_error(&with("surgery:\n  rates: [2, fast]\n"));
+    assert_eq!(err.path, "surgery.rates[1]");
+    assert_eq!(err.line, 14);
+    assert!(
+        err.message
+            .contains("unknown rate `fast`; expected a positive integer or `linear`"),
+        "{}",
+        err.message
+    );
+    let zero = one_error(&with("surgery:\n  rates: [0]\n"));
+    assert!(zero.message.contains("write `linear`"), "{}", zero.message);
+}
+
+#[test]
+fn unsupported_version() {
+    let err = one_error(&BASE.replace("version: 1", "version: 2"));
+    assert_eq!(err.path, "version");
+    assert_eq!(err.line, 1);
+    assert_eq!(
+        err.message,
+        "unsupported spec version 2; this surgery understands version 1"
+    );
+}
+
+#[test]
+fn out_of_range_values() {
+    let err = one_error(&with("surgery:\n  selection:\n    knapsack:\n      budget: 1.5\n"));
+    assert_eq!(err.path, "surgery.selection.knapsack.budget");
+    assert_eq!(err.line, 16);
+    assert_eq!(err.message, "1.5 is out of range; expected a number in (0, 1]");
+
+    let err = one_error(&with("priority: 5000\n"));
+    assert_eq!((err.path.as_str(), err.line), ("priority", 13));
+    assert_eq!(err.message, "5000 is out of range; expected -1000 to 1000");
+
+    let err = one_error(&with("stages:\n  distill:\n    lr: .nan\n"));
+    assert_eq!(err.path, "stages.distill.lr");
+    assert!(err.message.starts_with("NaN is out of range"), "{}", err.message);
+}
+
+#[test]
+fn video_shape_rules() {
+    let errs = errors(
+        &BASE
+            .replace("frames: 81", "frames: 80")
+            .replace("width: 832", "width: 830"),
+    );
+    let paths: Vec<_> = errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(paths, vec![("video.frames", 10), ("video.width", 12)]);
+    assert!(errs[0].message.contains("must be 4k + 1"), "{}", errs[0].message);
+    assert_eq!(
+        errs[1].message,
+        "830 must be a positive multiple of 16 (VAE stride 8 x patch 2)"
+    );
+}
+
+#[test]
+fn inconsistent_values_point_at_the_field_to_change() {
+    let err = one_error(&with(
+        "stages:\n  finetune:\n    global_batch: 30\nresources:\n  finetune_workers: 8\n",
+    ));
+    assert_eq!(err.path, "stages.finetune.global_batch");
+    assert_eq!(err.line, 15);
+    assert_eq!(
+        err.message,
+        "30 does not divide evenly over resources.finetune_workers = 8"
+    );
+
+    let err = one_error(&with("surgery:\n  attention: linear\n  rates: [linear, 4]\n"));
+    assert_eq!(err.path, "surgery.rates[1]");
+    assert!(err.message.contains("surgery.attention is `linear`"), "{}", err.message);
+
+    let err = one_error(&with("stages:\n  capture:\n    steps: [0, 10, 60]\n"));
+    assert_eq!(err.path, "stages.capture.steps[2]");
+    assert_eq!(
+        err.message,
+        "step 60 is past the last denoising step (49 of sampler.steps = 50)"
+    );
+
+    let err = one_error(&with("stages:\n  capture:\n    steps: [10, 5]\n"));
+    assert_eq!(err.message, "steps must be strictly increasing");
+}
+
+#[test]
+fn layout_rules() {
+    let yaml = with(
+        "surgery:\n  selection:\n    layout:\n      - blocks: [0, 1, 2]\n        rate: 2\n      - blocks: [2, 31]\n        rate: linear\n",
+    );
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_eq!(errs[0].path, "surgery.selection.layout[1].blocks[0]");
+    assert_eq!(errs[0].message, "block 2 is given a rate twice");
+    assert_eq!(errs[1].path, "surgery.selection.layout[1].blocks[1]");
+    assert_eq!(
+        errs[1].message,
+        "block 31 does not exist; the teacher has blocks 0 to 29"
+    );
+    assert_eq!(errs[0].line, 18);
+
+    let ok = JobSpec::parse(&with(
+        "surgery:\n  selection:\n    layout:\n      - blocks: [3, 1]\n        rate: 2\n",
+    ))
+    .unwrap();
+    assert_eq!(ok.distill_pairs(), vec![(1, Rate::Hybrid(2)), (3, Rate::Hybrid(2))]);
+}
+
+#[test]
+fn homogeneous_rules() {
+    let spec = JobSpec::parse(&with(
+        "surgery:\n  selection:\n    homogeneous: {rate: 2, blocks: 15}\n",
+    ))
+    .unwrap();
+    assert_eq!(spec.distill_pairs().len(), 30);
+    let err = one_error(&with(
+        "surgery:\n  selection:\n    homogeneous: {rate: 2, blocks: 40}\n",
+    ));
+    assert_eq!(err.path, "surgery.selection.homogeneous.blocks");
+    assert_eq!(err.message, "40 is out of range; the teacher has 30 blocks");
+}
+
+#[test]
+fn selection_needs_a_known_rule() {
+    let err = one_error(&with("surgery:\n  selection:\n    greedy: {}\n"));
+    assert_eq!(err.path, "surgery.selection.greedy");
+    assert!(
+        err.message
+            .starts_with("unknown field `greedy`, expected one of `knapsack`, `layout`, `homogeneous`"),
+        "{}",
+        err.message
+    );
+    let err = one_error(&with(
+        "surgery:\n  selection:\n    knapsack: {budget: 0.5}\n    homogeneous: {rate: 2, blocks: 3}\n",
+    ));
+    assert_eq!((err.path.as_str(), err.line), ("surgery.selection", 14));
+    assert_eq!(err.message, "set exactly one of knapsack, layout and homogeneous");
+}
+
+#[test]
+fn teacher_architecture_exactly_once() {
+    let yaml = BASE.replace("  preset: wan2.1-t2v-1.3b\n", "");
+    let err = one_error(&yaml);
+    assert_eq!(err.path, "teacher");
+    assert_eq!(err.line, 3);
+    assert!(err.message.contains("neither is set"), "{}", err.message);
+
+    let err = one_error(&BASE.replace("preset: wan2.1-t2v-1.3b", "preset: wan2.2"));
+    assert_eq!(err.path, "teacher.preset");
+    assert!(err.message.contains("unknown variant `wan2.2`"), "{}", err.message);
+}
+
+#[test]
+fn urls_are_checked() {
+    let err = one_error(&BASE.replace("s3://bucket/prompts.safetensors", "ftp://host/p"));
+    assert_eq!(err.path, "data.prompts");
+    assert_eq!(err.line, 7);
+    assert!(
+        err.message.starts_with("unsupported URL scheme `ftp://`"),
+        "{}",
+        err.message
+    );
+    // A plain local path is fine.
+    JobSpec::parse(&BASE.replace("s3://bucket/prompts.safetensors", "./data/p.safetensors")).unwrap();
+}
+
+#[test]
+fn name_rules() {
+    let err = one_error(&BASE.replace("name: t", "name: My_Job"));
+    assert_eq!(err.path, "name");
+    assert!(
+        err.message.starts_with("`My_Job` is not a valid name"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let yaml = BASE
+        .replace("version: 1", "version: 3")
+        .replace("train_prompts: 16", "train_prompts: 0")
+        .replace("height: 480", "height: 0");
+    let errs = errors(&yaml);
+    let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, vec!["version", "data.train_prompts", "video.height"]);
+    let text = SpecError { errors: errs }.to_string();
+    assert!(
+        text.starts_with("invalid job spec (3 errors)\n  version (line 1, column 1): unsupported spec version 3"),
+        "{text}"
+    );
+}
+
+#[test]
+fn not_yaml_at_all() {
+    let err = one_error("version: 1\nname: [unclosed\n");
+    assert!(err.line >= 2, "{err:?}");
+    let empty = one_error("   \n");
+    assert_eq!(empty.message, "the spec is empty");
+    let scalar = one_error("just a string");
+    assert!(scalar.message.contains("invalid type"), "{}", scalar.message);
+}
+
+#[test]
+fn heldout_cannot_take_everything() {
+    let err = one_error(
+        &with("stages:\n  capture:\n    steps: [0]\n  distill:\n    heldout_fraction: 0.5\n")
+            .replace("train_prompts: 16", "train_prompts: 1"),
+    );
+    assert_eq!(err.path, "stages.distill.heldout_fraction");
+    assert!(err.message.contains("leaving none to train on"), "{}", err.message);
+}
