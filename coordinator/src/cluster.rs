@@ -757,6 +757,27 @@ impl Cluster {
         outcome
     }
 
+    /// A lease that could not be handed over (the worker's poll ended first) goes back
+    /// to pending at once, as a lost attempt.
+    pub fn revoke(&mut self, now: UnixMs, full_task_id: &str, attempt: u32) {
+        let Some((job_id, task_id)) = self.locate_task(full_task_id) else {
+            return;
+        };
+        let current = self
+            .task(&job_id, &task_id)
+            .is_some_and(|t| t.state.is_active() && t.lease.as_ref().is_some_and(|l| l.attempt == attempt));
+        if current {
+            self.interrupt(
+                now,
+                &job_id,
+                &task_id,
+                attempt,
+                FailureClass::Lost,
+                "the lease could not be delivered: the worker's poll had ended",
+            );
+        }
+    }
+
     /// A gang member checks in. Returns the members and rank 0's NCCL id once every
     /// member arrived (and rank 0 brought the id), `None` while some are missing.
     #[allow(clippy::too_many_arguments)]

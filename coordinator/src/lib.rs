@@ -3,10 +3,22 @@
 //! machine; it never links LibTorch and never touches tensors.
 //!
 //! Pure decision code ([`planner`], [`scheduler`], [`select_stage`], [`cluster`]'s
-//! transitions) is kept apart from I/O ([`store`], the gRPC services, the HTTP page).
+//! transitions) is kept apart from I/O ([`store`], [`committer`], [`engine`], the gRPC
+//! services, the HTTP pages).
 
+pub mod cli;
 pub mod cluster;
+pub mod committer;
+pub mod config;
+pub mod convert;
+pub mod engine;
+pub mod http;
+pub mod job_service;
+pub mod metrics;
 pub mod model;
 pub mod planner;
 pub mod scheduler;
 pub mod select_stage;
+pub mod server;
+pub mod store;
+pub mod worker_service;

@@ -1,1 +1,393 @@
-//! placeholder
+//! Helpers for end-to-end tests and benchmarks: start a real coordinator process on a
+//! free port with its own data folder, kill or stop it, and talk to it as a user
+//! (JobService) or as a worker (WorkerService) over real gRPC.
+
+use anyhow::{Context, bail};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use surgery_proto::v1 as pb;
+use surgery_proto::v1::job_service_client::JobServiceClient;
+use surgery_proto::v1::worker_service_client::WorkerServiceClient;
+use tonic::transport::Channel;
+
+/// A coordinator running as a child process.
+pub struct Coordinator {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Everything it wrote to stderr (JSON log lines), for assertions and post-mortems.
+    pub log: Arc<Mutex<Vec<String>>>,
+    binary: PathBuf,
+    args: Vec<String>,
+}
+
+/// Short timings so expiry tests run in seconds.
+pub const FAST: &[&str] = &[
+    "--lease-ttl",
+    "2s",
+    "--heartbeat-interval",
+    "500ms",
+    "--worker-timeout",
+    "6s",
+    "--max-poll",
+    "3s",
+    "--tick",
+    "100ms",
+];
+
+impl Coordinator {
+    /// Starts `binary` on 127.0.0.1:0 with `data_dir` and `extra` flags, and waits until
+    /// it serves.
+    pub fn start(binary: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Coordinator> {
+        Self::start_on(binary, data_dir, "127.0.0.1:0".parse()?, extra)
+    }
+
+    pub fn start_on(binary: &Path, data_dir: &Path, listen: SocketAddr, extra: &[&str]) -> anyhow::Result<Coordinator> {
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            listen.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--object-store-url".into(),
+            format!("file://{}/objects", data_dir.display()),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(binary)
+            .args(&args)
+            .env_remove("SURGERY_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            // Keep draining stderr for the life of the process, or it blocks on a full pipe.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("coordinator serving")
+                        && let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                        && let Some(listen) = json["fields"]["listen"].as_str()
+                    {
+                        let _ = addr_tx.send(listen.to_string());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(addr) = addr_rx.recv_timeout(Duration::from_millis(50)) {
+                return Ok(Coordinator {
+                    child,
+                    addr: addr.parse()?,
+                    data_dir: data_dir.to_path_buf(),
+                    log,
+                    binary: binary.to_path_buf(),
+                    args,
+                });
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "coordinator exited with {status} before serving:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("coordinator did not start in 30 s:\n{}", log.lock().unwrap().join("\n"));
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("coordinator ignored SIGTERM for 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a new process on the same port and data folder (after kill or terminate).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let mut extra: Vec<String> = self.args.clone();
+        let listen = extra.iter().position(|a| a == "--listen").expect("listen flag") + 1;
+        extra[listen] = self.addr.to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = Command::new(&self.binary)
+                .args(&extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            let stderr = child.stderr.take().expect("piped stderr");
+            let log = self.log.clone();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("coordinator serving") {
+                        let _ = ready_tx.send(());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+            loop {
+                if ready_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                    self.child = child;
+                    return Ok(());
+                }
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+            }
+            // The port may linger for a moment after a kill; try again.
+            if Instant::now() > deadline {
+                bail!("coordinator did not restart:\n{}", self.log.lock().unwrap().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.url())?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?)
+    }
+
+    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+        Ok(JobServiceClient::new(self.channel().await?))
+    }
+
+    pub async fn worker_client(&self) -> anyhow::Result<WorkerServiceClient<Channel>> {
+        Ok(WorkerServiceClient::new(self.channel().await?))
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test acting as a worker over real gRPC.
+pub struct FakeWorker {
+    pub client: WorkerServiceClient<Channel>,
+    pub id: String,
+}
+
+impl FakeWorker {
+    pub async fn register(
+        coordinator: &Coordinator,
+        name: &str,
+        device: &str,
+        slots: u32,
+    ) -> anyhow::Result<FakeWorker> {
+        let mut client = coordinator.worker_client().await?;
+        let id = client
+            .register(pb::RegisterRequest {
+                name: name.into(),
+                host: "localhost".into(),
+                version: "test".into(),
+                slots: (0..slots)
+                    .map(|_| pb::Slot {
+                        device: device.into(),
+                        model: if device == "cuda" {
+                            "Fake GPU".into()
+                        } else {
+                            String::new()
+                        },
+                        memory_bytes: 80 << 30,
+                    })
+                    .collect(),
+            })
+            .await?
+            .into_inner()
+            .worker_id;
+        Ok(FakeWorker { client, id })
+    }
+
+    pub async fn lease(&mut self, slot: u32, wait_ms: u32) -> Result<Option<pb::TaskAssignment>, tonic::Status> {
+        Ok(self
+            .client
+            .lease_task(pb::LeaseTaskRequest {
+                worker_id: self.id.clone(),
+                slot,
+                wait_ms,
+            })
+            .await?
+            .into_inner()
+            .assignment)
+    }
+
+    pub async fn heartbeat(
+        &mut self,
+        task: &pb::TaskAssignment,
+        step: u64,
+        metrics: &[(&str, f64)],
+    ) -> Result<pb::HeartbeatResponse, tonic::Status> {
+        Ok(self
+            .client
+            .heartbeat(pb::HeartbeatRequest {
+                worker_id: self.id.clone(),
+                tasks: vec![pb::TaskReport {
+                    task_id: task.task_id.clone(),
+                    attempt: task.attempt,
+                    progress: Some(pb::Progress {
+                        step,
+                        total_steps: 100,
+                        metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                        message: String::new(),
+                        updated_unix_ms: 0,
+                    }),
+                    logs: vec![pb::LogLine {
+                        level: "info".into(),
+                        message: format!("{} step {step}", task.task_id),
+                        ..Default::default()
+                    }],
+                }],
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn complete(&mut self, task: &pb::TaskAssignment, metrics: &[(&str, f64)]) -> Result<(), tonic::Status> {
+        self.client
+            .complete_task(pb::CompleteTaskRequest {
+                worker_id: self.id.clone(),
+                task_id: task.task_id.clone(),
+                attempt: task.attempt,
+                result: Some(pb::TaskResult {
+                    metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                    artifacts: vec![],
+                }),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn fail(
+        &mut self,
+        task: &pb::TaskAssignment,
+        class: pb::FailureClass,
+        message: &str,
+    ) -> Result<String, tonic::Status> {
+        Ok(self
+            .client
+            .fail_task(pb::FailTaskRequest {
+                worker_id: self.id.clone(),
+                task_id: task.task_id.clone(),
+                attempt: task.attempt,
+                class: class as i32,
+                message: message.into(),
+            })
+            .await?
+            .into_inner()
+            .outcome)
+    }
+
+    /// Completes a task with the metrics a distill task would report.
+    pub async fn complete_like_a_worker(&mut self, task: &pb::TaskAssignment) -> Result<(), tonic::Status> {
+        use surgery_core::results::*;
+        let metrics: Vec<(&str, f64)> = match task.params.as_ref().and_then(|p| p.kind.as_ref()) {
+            Some(pb::task_params::Kind::Distill(d)) => vec![
+                (
+                    HELDOUT_ERROR,
+                    0.1 + 0.01 * f64::from(d.block) + 0.001 * f64::from(d.rate),
+                ),
+                (ATTENTION_MS, 5.0),
+                (SOFTMAX_ATTENTION_MS, 11.0),
+            ],
+            _ => vec![],
+        };
+        self.complete(task, &metrics).await
+    }
+}
+
+/// The tiny CPU job of configs/, renamed and with overrides applied by string
+/// replacement.
+pub fn tiny_spec(name: &str, replacements: &[(&str, &str)]) -> String {
+    let mut yaml = include_str!("../../configs/tiny.yaml").replace("name: tiny", &format!("name: {name}"));
+    for (from, to) in replacements {
+        assert!(yaml.contains(from), "tiny.yaml has no `{from}`");
+        yaml = yaml.replace(from, to);
+    }
+    yaml
+}
+
+pub async fn submit(
+    jobs: &mut JobServiceClient<Channel>,
+    request_id: &str,
+    yaml: &str,
+) -> Result<pb::SubmitJobResponse, tonic::Status> {
+    Ok(jobs
+        .submit_job(pb::SubmitJobRequest {
+            request_id: request_id.into(),
+            spec_yaml: yaml.into(),
+        })
+        .await?
+        .into_inner())
+}
+
+pub async fn get_job(jobs: &mut JobServiceClient<Channel>, job_id: &str) -> anyhow::Result<pb::GetJobResponse> {
+    Ok(jobs
+        .get_job(pb::GetJobRequest {
+            job_id: job_id.into(),
+            include_tasks: true,
+        })
+        .await?
+        .into_inner())
+}
+
+/// Polls until `check` holds (or 30 s pass); for state that changes asynchronously.
+pub async fn eventually<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

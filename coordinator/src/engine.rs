@@ -1,0 +1,346 @@
+//! The engine joins the pure parts to the world: the [`Cluster`] behind one lock, the
+//! slots parked in LeaseTask long polls, and the [`Committer`]. Every mutation follows
+//! the same path - lock, transition, let the scheduler decide and apply, queue the batch,
+//! unlock, wait until it is durable, and only then answer and hand out leases - so a
+//! coordinator killed at any instant has told nobody anything the store does not hold.
+
+use crate::cluster::{Cluster, Reject, Timing};
+use crate::committer::{Committer, Ticket};
+use crate::config::Config;
+use crate::convert;
+use crate::metrics::Metrics;
+use crate::model::*;
+use crate::scheduler::{self, Decision, Schedule, WaitingSlot};
+use crate::store::{Batch, Store, StoreError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use surgery_proto::v1 as pb;
+use tokio::sync::oneshot;
+
+/// Wall-clock milliseconds; injected so tests of the engine can run on a fake clock.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> UnixMs;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> UnixMs {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+struct Waiter {
+    slot: WaitingSlot,
+    id: u64,
+    reply: oneshot::Sender<pb::TaskAssignment>,
+}
+
+pub struct State {
+    pub cluster: Cluster,
+    waiters: Vec<Waiter>,
+    next_waiter: u64,
+}
+
+/// Leases decided in a mutation, delivered once its batch is durable.
+#[must_use]
+pub struct Pending {
+    ticket: Ticket,
+    grants: Vec<(oneshot::Sender<pb::TaskAssignment>, pb::TaskAssignment)>,
+}
+
+pub struct Engine {
+    state: Mutex<State>,
+    committer: Committer,
+    pub store: Arc<Store>,
+    pub timing: Timing,
+    pub config: Config,
+    clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
+}
+
+/// Short random suffixes for job and worker ids.
+pub fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..6].to_string()
+}
+
+impl Engine {
+    pub fn open(config: Config, clock: Arc<dyn Clock>, metrics: Metrics) -> Result<Engine, StoreError> {
+        let store = Arc::new(Store::open(&config.store_path())?);
+        let loaded = store.load()?;
+        let timing = Timing {
+            lease_ttl_ms: config.lease_ttl.as_millis() as i64,
+            worker_timeout_ms: config.worker_timeout.as_millis() as i64,
+        };
+        let now = clock.now_ms();
+        let cluster = Cluster::restore(
+            now,
+            timing,
+            loaded.jobs,
+            loaded.tasks,
+            loaded.workers,
+            loaded.requests,
+            loaded.counters,
+        );
+        tracing::info!(
+            jobs = cluster.jobs.len(),
+            workers = cluster.workers.len(),
+            path = %config.store_path().display(),
+            "store loaded"
+        );
+        let commits = metrics.store_commits.clone();
+        let committer = Committer::start(store.clone(), move |_| commits.inc());
+        Ok(Engine {
+            state: Mutex::new(State {
+                cluster,
+                waiters: Vec::new(),
+                next_waiter: 0,
+            }),
+            committer,
+            store,
+            timing,
+            config,
+            clock,
+            metrics,
+        })
+    }
+
+    pub fn now(&self) -> UnixMs {
+        self.clock.now_ms()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("coordinator state lock poisoned")
+    }
+
+    /// Runs a transition; with `schedule`, lets the scheduler act on its outcome too.
+    /// The returned [`Pending`] must be [`Engine::finish`]ed before answering.
+    pub fn mutate<R>(&self, schedule: bool, f: impl FnOnce(&mut State, UnixMs) -> R) -> (R, Pending) {
+        let mut state = self.lock();
+        let now = self.clock.now_ms();
+        let result = f(&mut state, now);
+        let grants = if schedule {
+            self.run_scheduler(&mut state, now)
+        } else {
+            Vec::new()
+        };
+        let changes = state.cluster.take_changes();
+        let batch = Batch::capture(changes, &state.cluster);
+        let ticket = self.committer.submit(batch);
+        self.metrics.observe_state(&state.cluster, state.waiters.len());
+        (result, Pending { ticket, grants })
+    }
+
+    /// Waits until the mutation is durable, then delivers its leases. A lease whose
+    /// worker has gone away meanwhile is requeued at once instead of waiting to expire.
+    pub async fn finish(&self, pending: Pending) {
+        self.committer.wait(pending.ticket).await;
+        let mut undelivered = Vec::new();
+        for (reply, assignment) in pending.grants {
+            if let Err(assignment) = reply.send(assignment) {
+                undelivered.push(assignment);
+            }
+        }
+        if !undelivered.is_empty() {
+            let ((), pending) = self.mutate(true, |state, now| {
+                for a in &undelivered {
+                    state.cluster.revoke(now, &a.task_id, a.attempt);
+                }
+            });
+            Box::pin(self.finish(pending)).await;
+        }
+    }
+
+    /// A read sees only durable state: wait for everything queued before it.
+    pub async fn read<R>(&self, f: impl FnOnce(&State, UnixMs) -> R) -> R {
+        let (result, ticket) = {
+            let state = self.lock();
+            let now = self.clock.now_ms();
+            (f(&state, now), self.committer.submit(Batch::default()))
+        };
+        self.committer.wait(ticket).await;
+        result
+    }
+
+    /// Decide-and-apply until the scheduler has nothing more to do (a select that runs
+    /// here can make the next stage runnable in the same pass).
+    fn run_scheduler(
+        &self,
+        state: &mut State,
+        now: UnixMs,
+    ) -> Vec<(oneshot::Sender<pb::TaskAssignment>, pb::TaskAssignment)> {
+        state.waiters.retain(|w| !w.reply.is_closed());
+        let mut grants = Vec::new();
+        for _ in 0..64 {
+            let slots: Vec<WaitingSlot> = state.waiters.iter().map(|w| w.slot.clone()).collect();
+            let schedule = scheduler::decide(now, &state.cluster, &slots, self.timing);
+            if schedule.decisions.is_empty() {
+                break;
+            }
+            for decision in &schedule.decisions {
+                state.cluster.apply(now, self.timing, decision);
+                self.metrics.count_decision(decision);
+                match decision {
+                    Decision::Grant { job_id, task_id, slots } => {
+                        let task = state
+                            .cluster
+                            .task(job_id, task_id)
+                            .expect("granted task exists")
+                            .clone();
+                        let job = &state.cluster.jobs[job_id];
+                        for (rank, slot) in slots.iter().enumerate() {
+                            let pos = state
+                                .waiters
+                                .iter()
+                                .position(|w| w.slot.worker_id == slot.worker_id && w.slot.slot == slot.slot)
+                                .expect("granted slot is waiting");
+                            let waiter = state.waiters.remove(pos);
+                            let assignment = convert::assignment(
+                                job,
+                                &task,
+                                rank as u32,
+                                &state.cluster,
+                                &self.config.object_store_url,
+                            );
+                            grants.push((waiter.reply, assignment));
+                        }
+                    }
+                    Decision::Expire { reason, task_id, .. } => {
+                        tracing::warn!(task = %task_id, %reason, "lease expired");
+                    }
+                    Decision::WorkerLost { worker_id } => tracing::warn!(worker = %worker_id, "worker lost"),
+                    Decision::RunSelect { job_id, .. } => tracing::info!(job = %job_id, "select stage ran"),
+                }
+            }
+        }
+        grants
+    }
+
+    /// The scheduler's view without acting: why each waiting job waits.
+    pub fn explain(&self, state: &State, now: UnixMs) -> Schedule {
+        let slots: Vec<WaitingSlot> = state
+            .waiters
+            .iter()
+            .filter(|w| !w.reply.is_closed())
+            .map(|w| w.slot.clone())
+            .collect();
+        scheduler::decide(now, &state.cluster, &slots, self.timing)
+    }
+
+    /// The periodic pass that finds expired leases and lost workers.
+    pub async fn tick(&self) {
+        let ((), pending) = self.mutate(true, |_, _| ());
+        self.finish(pending).await;
+    }
+
+    /// LeaseTask: park the slot until the scheduler gives it a task or `wait` passes.
+    pub async fn lease(
+        &self,
+        worker_id: &str,
+        slot: u32,
+        wait: Duration,
+    ) -> Result<Option<pb::TaskAssignment>, Reject> {
+        let (tx, mut rx) = oneshot::channel();
+        let (parked, pending) = self.mutate(true, |state, now| {
+            state.cluster.touch_worker(now, worker_id)?;
+            let worker = &state.cluster.workers[worker_id];
+            if slot as usize >= worker.slots.len() {
+                return Err(Reject::Invalid(format!(
+                    "slot {slot} does not exist; {worker_id} registered {} slot(s)",
+                    worker.slots.len()
+                )));
+            }
+            // A newer poll for the same slot replaces an older one (a client retry).
+            state
+                .waiters
+                .retain(|w| !(w.slot.worker_id == worker_id && w.slot.slot == slot));
+            state.next_waiter += 1;
+            let id = state.next_waiter;
+            state.waiters.push(Waiter {
+                slot: WaitingSlot {
+                    worker_id: worker_id.to_string(),
+                    slot,
+                    since_ms: now,
+                },
+                id,
+                reply: tx,
+            });
+            Ok(id)
+        });
+        self.finish(pending).await;
+        let waiter_id = parked?;
+        match tokio::time::timeout(wait, &mut rx).await {
+            Ok(Ok(assignment)) => Ok(Some(assignment)),
+            Ok(Err(_)) => Ok(None),
+            Err(_) => {
+                let still_parked = {
+                    let mut state = self.lock();
+                    let before = state.waiters.len();
+                    state.waiters.retain(|w| w.id != waiter_id);
+                    state.waiters.len() != before
+                };
+                if still_parked {
+                    Ok(None)
+                } else {
+                    // Granted just as the poll timed out: the lease is on its way.
+                    Ok(rx.await.ok())
+                }
+            }
+        }
+    }
+
+    /// Answers every parked LeaseTask with "no task" (shutdown).
+    pub fn release_waiters(&self) {
+        self.lock().waiters.clear();
+    }
+
+    /// Rendezvous: check in, then wait for the other members (or `wait`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rendezvous(
+        &self,
+        worker_id: &str,
+        task_id: &str,
+        attempt: u32,
+        rank: u32,
+        endpoint: &str,
+        nccl_unique_id: &[u8],
+        wait: Duration,
+    ) -> Result<Option<crate::cluster::Rendezvous>, Reject> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut commits = self.committer.commits();
+        loop {
+            commits.borrow_and_update();
+            let (outcome, pending) = self.mutate(false, |state, now| {
+                state.cluster.rendezvous(
+                    now,
+                    self.timing,
+                    worker_id,
+                    task_id,
+                    attempt,
+                    rank,
+                    endpoint,
+                    nccl_unique_id,
+                )
+            });
+            self.finish(pending).await;
+            if let Some(ready) = outcome? {
+                return Ok(Some(ready));
+            }
+            if tokio::time::timeout_at(deadline, commits.changed()).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
+    /// Flushes the store and stops the committer (graceful shutdown).
+    pub fn close(&self) {
+        self.committer.close();
+    }
+}
