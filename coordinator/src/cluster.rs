@@ -100,14 +100,26 @@ impl JobTasks {
         self.index.get(id).map(|i| &mut self.list[*i])
     }
 
-    /// Pending tasks whose dependencies all succeeded.
+    /// Stages whose every task succeeded.
+    pub fn finished_stages(&self) -> BTreeSet<Stage> {
+        let mut finished: BTreeSet<Stage> = self.list.iter().map(|t| t.stage).collect();
+        for task in &self.list {
+            if task.state != TaskState::Succeeded {
+                finished.remove(&task.stage);
+            }
+        }
+        finished
+    }
+
+    /// Pending with every prerequisite stage in `finished` (from [`Self::finished_stages`]).
+    pub fn is_runnable(&self, task: &TaskRecord, finished: &BTreeSet<Stage>) -> bool {
+        task.state == TaskState::Pending && task.after.iter().all(|s| finished.contains(s))
+    }
+
+    /// Pending tasks whose prerequisite stages all succeeded, in plan order.
     pub fn runnable(&self) -> impl Iterator<Item = &TaskRecord> {
-        self.list.iter().filter(move |t| {
-            t.state == TaskState::Pending
-                && t.deps
-                    .iter()
-                    .all(|d| self.get(d).is_some_and(|dep| dep.state == TaskState::Succeeded))
-        })
+        let finished = self.finished_stages();
+        self.list.iter().filter(move |t| self.is_runnable(t, &finished))
     }
 }
 

@@ -32,7 +32,7 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn start(store: Arc<Store>, on_commit: impl Fn(usize) + Send + 'static) -> Committer {
+    pub fn start(store: Arc<Store>, on_commit: impl Fn(std::time::Duration) + Send + 'static) -> Committer {
         let queue = Arc::new((
             Mutex::new(Queue {
                 pending: Batch::default(),
@@ -63,11 +63,12 @@ impl Committer {
                             }
                             (std::mem::take(&mut q.pending), q.last_ticket)
                         };
+                        let started = std::time::Instant::now();
                         if let Err(err) = store.write(&batch) {
                             tracing::error!(error = %err, "writing the store failed; stopping so a restart reloads a consistent state");
                             std::process::exit(70);
                         }
-                        on_commit(batch.tasks.len() + batch.jobs.len() + batch.workers.len());
+                        on_commit(started.elapsed());
                         committed_tx.send_replace(ticket);
                         for event in batch.events {
                             let _ = events.send(Arc::new(event));

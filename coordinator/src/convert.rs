@@ -160,7 +160,7 @@ pub fn task(task: &TaskRecord, pending_reason: &str) -> pb::Task {
         attempt: task.attempt,
         retries_used: task.retries_used,
         interruptions: task.interruptions,
-        depends_on: task.deps.clone(),
+        after_stages: task.after.iter().map(|s| stage(*s) as i32).collect(),
         holders: if task.state.is_active() {
             members(task.lease.as_ref())
         } else {
@@ -232,13 +232,14 @@ pub fn assignment(
     cluster: &Cluster,
     store_url: &str,
 ) -> pb::TaskAssignment {
-    let inputs = task
-        .deps
+    let inputs = cluster.tasks[&job.id]
+        .list
         .iter()
+        .filter(|dep| task.after.contains(&dep.stage))
         .filter_map(|dep| {
-            let result = cluster.task(&job.id, dep)?.result.clone()?;
+            let result = dep.result.clone()?;
             Some((
-                dep.clone(),
+                dep.id.clone(),
                 pb::TaskResult {
                     metrics: result.metrics.into_iter().collect(),
                     artifacts: result.artifacts,

@@ -91,8 +91,11 @@ impl Engine {
             path = %config.store_path().display(),
             "store loaded"
         );
-        let commits = metrics.store_commits.clone();
-        let committer = Committer::start(store.clone(), move |_| commits.inc());
+        let (commits, commit_seconds) = (metrics.store_commits.clone(), metrics.store_commit_seconds.clone());
+        let committer = Committer::start(store.clone(), move |took| {
+            commits.inc();
+            commit_seconds.observe(took.as_secs_f64());
+        });
         Ok(Engine {
             state: Mutex::new(State {
                 cluster,
@@ -130,7 +133,6 @@ impl Engine {
         let changes = state.cluster.take_changes();
         let batch = Batch::capture(changes, &state.cluster);
         let ticket = self.committer.submit(batch);
-        self.metrics.observe_state(&state.cluster, state.waiters.len());
         (result, Pending { ticket, grants })
     }
 
@@ -232,7 +234,9 @@ impl Engine {
 
     /// The periodic pass that finds expired leases and lost workers.
     pub async fn tick(&self) {
-        let ((), pending) = self.mutate(true, |_, _| ());
+        let ((), pending) = self.mutate(true, |state, _| {
+            self.metrics.observe_state(&state.cluster, state.waiters.len());
+        });
         self.finish(pending).await;
     }
 

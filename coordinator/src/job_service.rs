@@ -108,26 +108,28 @@ impl pb::job_service_server::JobService for JobApi {
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
         observed(&self.engine, "GetJob", async {
             let req = request.into_inner();
+            let stages: Vec<i32> = req.task_stages.clone();
             let (job, tasks) = self
                 .engine
                 .read(|state, now| {
-                    let job = job_view(&self.engine, state, now, &req.job_id)?;
+                    let record = state
+                        .cluster
+                        .jobs
+                        .get(&req.job_id)
+                        .ok_or_else(|| Reject::NotFound(format!("job {} does not exist", req.job_id)))?;
+                    let all = &state.cluster.tasks[&req.job_id];
+                    let schedule = self.engine.explain(state, now);
+                    let waiting = schedule.waiting.get(&req.job_id);
+                    let job = convert::job(record, &all.list, waiting);
                     let tasks: Vec<pb::Task> = if req.include_tasks {
-                        let waiting = self.engine.explain(state, now);
-                        let reason = waiting
-                            .waiting
-                            .get(&req.job_id)
-                            .map(|w| w.reason.as_str())
-                            .unwrap_or("");
-                        let runnable: std::collections::HashSet<&str> = state.cluster.tasks[&req.job_id]
-                            .runnable()
-                            .map(|t| t.id.as_str())
-                            .collect();
-                        state.cluster.tasks[&req.job_id]
-                            .list
+                        // The job's reason to wait applies to its runnable tasks.
+                        let reason = waiting.map(|w| w.reason.as_str()).unwrap_or("");
+                        let finished = all.finished_stages();
+                        all.list
                             .iter()
+                            .filter(|t| stages.is_empty() || stages.contains(&(convert::stage(t.stage) as i32)))
                             .map(|t: &TaskRecord| {
-                                let why = if runnable.contains(t.id.as_str()) { reason } else { "" };
+                                let why = if all.is_runnable(t, &finished) { reason } else { "" };
                                 convert::task(t, why)
                             })
                             .collect()

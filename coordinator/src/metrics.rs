@@ -14,6 +14,7 @@ pub struct Metrics {
     pub rpc_errors: IntCounterVec,
     pub decisions: IntCounterVec,
     pub store_commits: IntCounter,
+    pub store_commit_seconds: prometheus::Histogram,
     pub tasks: IntGaugeVec,
     pub jobs_active: IntGauge,
     pub workers: IntGaugeVec,
@@ -47,6 +48,14 @@ impl Metrics {
         )
         .expect("metric");
         let store_commits = IntCounter::new("store_commits_total", "Durable store transactions").expect("metric");
+        let store_commit_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "store_commit_seconds",
+                "Time to write and fsync one group-commit transaction",
+            )
+            .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0]),
+        )
+        .expect("metric");
         let tasks = IntGaugeVec::new(Opts::new("tasks", "Tasks by state"), &["state"]).expect("metric");
         let jobs_active = IntGauge::new("jobs_active", "Jobs queued or running").expect("metric");
         let workers = IntGaugeVec::new(Opts::new("workers", "Workers by status"), &["status"]).expect("metric");
@@ -56,6 +65,7 @@ impl Metrics {
             Box::new(rpc_errors.clone()),
             Box::new(decisions.clone()),
             Box::new(store_commits.clone()),
+            Box::new(store_commit_seconds.clone()),
             Box::new(tasks.clone()),
             Box::new(jobs_active.clone()),
             Box::new(workers.clone()),
@@ -69,6 +79,7 @@ impl Metrics {
             rpc_errors,
             decisions,
             store_commits,
+            store_commit_seconds,
             tasks,
             jobs_active,
             workers,

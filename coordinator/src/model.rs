@@ -238,7 +238,10 @@ pub struct TaskRecord {
     pub id: TaskId,
     pub stage: Stage,
     pub params: TaskParams,
-    pub deps: Vec<TaskId>,
+    /// Runs once every task of these stages succeeded. The job graph is a chain of
+    /// stage barriers (a distill task needs every capture shard), so a dependency is a
+    /// stage, not a list of thousands of task ids.
+    pub after: Vec<Stage>,
     /// Workers leased together (all-or-nothing); 1 for a plain task.
     pub gang_size: u32,
     /// Position in the plan; tasks of one job are offered in this order.

@@ -14,14 +14,14 @@ use surgery_core::spec::JobSpec;
 
 pub fn plan(job_id: &JobId, spec: &JobSpec, now: UnixMs) -> Vec<TaskRecord> {
     let mut tasks = Vec::new();
-    let mut add = |id: String, stage: Stage, params: TaskParams, deps: Vec<String>, gang_size: u32| {
+    let mut add = |id: String, stage: Stage, params: TaskParams, after: Vec<Stage>, gang_size: u32| {
         let order = tasks.len() as u32;
         tasks.push(TaskRecord {
             job_id: job_id.clone(),
             id,
             stage,
             params,
-            deps,
+            after,
             gang_size,
             order,
             state: TaskState::Pending,
@@ -37,13 +37,11 @@ pub fn plan(job_id: &JobId, spec: &JobSpec, now: UnixMs) -> Vec<TaskRecord> {
     };
 
     let per_shard = spec.data.prompts_per_shard;
-    let captures: Vec<String> = (0..spec.capture_shards()).map(ids::capture_task).collect();
-    for (shard, id) in captures.iter().enumerate() {
-        let shard = shard as u32;
+    for shard in 0..spec.capture_shards() {
         let first_prompt = shard * per_shard;
         let num_prompts = per_shard.min(spec.data.train_prompts - first_prompt);
         add(
-            id.clone(),
+            ids::capture_task(shard),
             Stage::Capture,
             TaskParams::Capture {
                 shard,
@@ -55,43 +53,46 @@ pub fn plan(job_id: &JobId, spec: &JobSpec, now: UnixMs) -> Vec<TaskRecord> {
         );
     }
 
-    let mut distills = Vec::new();
     for (block, rate) in spec.distill_pairs() {
-        let id = ids::distill_task(block, rate);
-        distills.push(id.clone());
         add(
-            id,
+            ids::distill_task(block, rate),
             Stage::Distill,
             TaskParams::Distill {
                 block,
                 rate: rate.as_u32(),
             },
-            captures.clone(),
+            vec![Stage::Capture],
             1,
         );
     }
 
-    add(ids::SELECT_TASK.into(), Stage::Select, TaskParams::Select, distills, 1);
+    add(
+        ids::SELECT_TASK.into(),
+        Stage::Select,
+        TaskParams::Select,
+        vec![Stage::Distill],
+        1,
+    );
     // Fine-tuning also reads the capture stage's latents; select already waits for them.
     add(
         ids::FINETUNE_TASK.into(),
         Stage::Finetune,
         TaskParams::Finetune,
-        vec![ids::SELECT_TASK.into()],
+        vec![Stage::Select],
         spec.resources.finetune_workers,
     );
     add(
         ids::EXPORT_TASK.into(),
         Stage::Export,
         TaskParams::Export,
-        vec![ids::FINETUNE_TASK.into()],
+        vec![Stage::Finetune],
         1,
     );
     add(
         ids::EVALUATE_TASK.into(),
         Stage::Evaluate,
         TaskParams::Evaluate,
-        vec![ids::EXPORT_TASK.into()],
+        vec![Stage::Export],
         1,
     );
     tasks
@@ -143,20 +144,20 @@ mod tests {
     fn dependencies_form_the_design_graph() {
         let tasks = plan(&"j".to_string(), &spec(""), 0);
         let by_id = |id: &str| tasks.iter().find(|t| t.id == id).unwrap();
-        assert!(by_id("capture/shard-0001").deps.is_empty());
-        assert_eq!(by_id("distill/block-05/rate-4").deps.len(), 3);
-        assert_eq!(by_id("select").deps.len(), 90);
-        assert_eq!(by_id("finetune").deps, vec!["select"]);
+        assert!(by_id("capture/shard-0001").after.is_empty());
+        assert_eq!(by_id("distill/block-05/rate-4").after, vec![Stage::Capture]);
+        assert_eq!(by_id("select").after, vec![Stage::Distill]);
+        assert_eq!(by_id("finetune").after, vec![Stage::Select]);
         assert_eq!(by_id("finetune").gang_size, 4);
-        assert_eq!(by_id("export").deps, vec!["finetune"]);
-        assert_eq!(by_id("evaluate").deps, vec!["export"]);
-        // Every dependency names an earlier task: the plan is a DAG in order.
+        assert_eq!(by_id("export").after, vec![Stage::Finetune]);
+        assert_eq!(by_id("evaluate").after, vec![Stage::Export]);
+        // Every prerequisite stage is planned before the task: the plan is a DAG in order.
         let mut seen = HashSet::new();
         for task in &tasks {
-            for dep in &task.deps {
-                assert!(seen.contains(dep.as_str()), "{} depends on later {dep}", task.id);
+            for stage in &task.after {
+                assert!(seen.contains(stage), "{} waits for later stage {stage:?}", task.id);
             }
-            seen.insert(task.id.as_str());
+            seen.insert(task.stage);
         }
     }
 

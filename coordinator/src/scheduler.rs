@@ -153,10 +153,18 @@ pub fn decide(now: UnixMs, cluster: &Cluster, waiting: &[WaitingSlot], timing: T
     free.sort_by_key(|w| w.since_ms);
     let order = job_order(cluster);
     let mut blocked_jobs: Vec<(JobId, String)> = Vec::new();
+    // Slots that could ever serve a requirement; the same for every task of a job.
+    let capacity_of = |req: &Requirements| -> usize {
+        cluster
+            .workers
+            .values()
+            .filter(|w| w.status == WorkerStatus::Alive && !lost.contains(w.id.as_str()))
+            .map(|w| (0..w.slots.len() as u32).filter(|s| slot_fits(w, *s, req)).count())
+            .sum()
+    };
     for job in order {
         let tasks = &cluster.tasks[&job.id];
         let req = &job.requirements;
-        let mut blocked_reason: Option<String> = None;
         for task in tasks.runnable() {
             if !task.stage.runs_on_worker() {
                 out.decisions.push(Decision::RunSelect {
@@ -171,17 +179,17 @@ pub fn decide(now: UnixMs, cluster: &Cluster, waiting: &[WaitingSlot], timing: T
                 .enumerate()
                 .filter(|(_, w)| slot_fits(&cluster.workers[&w.worker_id], w.slot, req))
                 .map(|(i, _)| i)
+                .take(need)
                 .collect();
-            if eligible.len() >= need {
-                let chosen: Vec<usize> = eligible[..need].to_vec();
-                let slots = chosen
+            if eligible.len() == need {
+                let slots = eligible
                     .iter()
                     .map(|i| SlotRef {
                         worker_id: free[*i].worker_id.clone(),
                         slot: free[*i].slot,
                     })
                     .collect();
-                for i in chosen.into_iter().rev() {
+                for i in eligible.into_iter().rev() {
                     free.remove(i);
                 }
                 out.decisions.push(Decision::Grant {
@@ -192,12 +200,9 @@ pub fn decide(now: UnixMs, cluster: &Cluster, waiting: &[WaitingSlot], timing: T
                 continue;
             }
             // Not enough idle slots: reserve what is idle, if waiting can ever succeed.
-            let capacity: usize = cluster
-                .workers
-                .values()
-                .filter(|w| w.status == WorkerStatus::Alive && !lost.contains(w.id.as_str()))
-                .map(|w| (0..w.slots.len() as u32).filter(|s| slot_fits(w, *s, req)).count())
-                .sum();
+            // Every later task of this job waits behind this one (same requirements,
+            // no backfill), so the job's scan stops here.
+            let capacity = capacity_of(req);
             let what = describe_slot(req);
             let reason = if capacity < need {
                 if capacity == 0 {
@@ -209,9 +214,7 @@ pub fn decide(now: UnixMs, cluster: &Cluster, waiting: &[WaitingSlot], timing: T
                     )
                 }
             } else {
-                for i in eligible.into_iter().rev() {
-                    free.remove(i);
-                }
+                free.retain(|w| !slot_fits(&cluster.workers[&w.worker_id], w.slot, req));
                 if need > 1 {
                     format!(
                         "task {} waits for a gang of {need} idle {what}s ({capacity} on alive workers, the rest busy)",
@@ -221,10 +224,8 @@ pub fn decide(now: UnixMs, cluster: &Cluster, waiting: &[WaitingSlot], timing: T
                     format!("waiting for an idle {what} (all {capacity} busy or held for jobs ahead)")
                 }
             };
-            blocked_reason.get_or_insert(reason);
-        }
-        if let Some(reason) = blocked_reason {
             blocked_jobs.push((job.id.clone(), reason));
+            break;
         }
     }
     let length = blocked_jobs.len() as u32;

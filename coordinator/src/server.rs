@@ -99,6 +99,12 @@ pub async fn start_with_clock(
         }
     };
     let serve = async move {
+        // Small RPCs must not sit behind Nagle's algorithm and delayed ACKs (40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY: {err}");
+            }
+        });
         let server = axum::serve(listener, app).with_graceful_shutdown(signal);
         // Clients that keep connections open get a grace period, not a veto.
         let grace = async {

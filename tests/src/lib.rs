@@ -369,6 +369,7 @@ pub async fn get_job(jobs: &mut JobServiceClient<Channel>, job_id: &str) -> anyh
         .get_job(pb::GetJobRequest {
             job_id: job_id.into(),
             include_tasks: true,
+            task_stages: Vec::new(),
         })
         .await?
         .into_inner())

@@ -1,1 +1,428 @@
-fn main() {}
+//! Control-plane benchmark (issue: 500 simulated workers heartbeating once a second plus
+//! 20 clients polling status for 60 s against one coordinator; and planning + persisting
+//! a job of 10,000 tasks). Starts a real coordinator process (the release build of
+//! `e2e-coordinator` next to this binary, unless --addr points at a running one), drives
+//! it over gRPC, and prints latency percentiles, errors and the coordinator's resident
+//! memory as a Markdown table for docs/BENCHMARKS.md.
+//!
+//!     cargo run --release -p surgery-e2e --bin control-plane-bench -- --workers 500 --clients 20 --seconds 60
+
+use anyhow::Context;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use surgery_coordinator::cluster::Cluster;
+use surgery_coordinator::store::{Batch, Store};
+use surgery_core::spec::JobSpec;
+use surgery_e2e::{Coordinator, tiny_spec};
+use surgery_proto::v1 as pb;
+use surgery_proto::v1::job_service_client::JobServiceClient;
+use surgery_proto::v1::worker_service_client::WorkerServiceClient;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value_t = 500)]
+    workers: usize,
+    #[arg(long, default_value_t = 20)]
+    clients: usize,
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Heartbeats a task gets before its worker completes it.
+    #[arg(long, default_value_t = 5)]
+    beats_per_task: u32,
+    /// Capture shards of the benchmark job (its task count is this plus 10).
+    #[arg(long, default_value_t = 9_990)]
+    shards: u32,
+    /// Use a running coordinator instead of starting one.
+    #[arg(long)]
+    addr: Option<String>,
+}
+
+struct Latencies {
+    lease: Histogram<u64>,
+    heartbeat: Histogram<u64>,
+    complete: Histogram<u64>,
+    status: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+impl Latencies {
+    fn new() -> Latencies {
+        Latencies {
+            lease: histogram(),
+            heartbeat: histogram(),
+            complete: histogram(),
+            status: histogram(),
+        }
+    }
+    fn merge(&mut self, other: &Latencies) {
+        self.lease.add(&other.lease).unwrap();
+        self.heartbeat.add(&other.heartbeat).unwrap();
+        self.complete.add(&other.complete).unwrap();
+        self.status.add(&other.status).unwrap();
+    }
+}
+
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros().max(1) as u64
+}
+
+fn rss_mib(pid: i32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn bench_spec(shards: u32) -> String {
+    tiny_spec(
+        "bench",
+        &[
+            ("train_prompts: 8", &format!("train_prompts: {shards}")),
+            ("prompts_per_shard: 4", "prompts_per_shard: 1"),
+        ],
+    )
+}
+
+/// Planning and persisting in-process: the planner plus one store transaction.
+fn plan_and_persist(shards: u32) -> anyhow::Result<(usize, Duration, Duration)> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("bench.redb"))?;
+    let yaml = bench_spec(shards);
+    let start = Instant::now();
+    let spec = JobSpec::parse(&yaml)?;
+    let mut cluster = Cluster::default();
+    let job = cluster
+        .submit(0, "r", &yaml, &spec, "x")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let planned = start.elapsed();
+    let batch = Batch::capture(cluster.take_changes(), &cluster);
+    store.write(&batch)?;
+    let total = start.elapsed();
+    Ok((cluster.tasks[&job.job_id].list.len(), planned, total))
+}
+
+async fn worker_loop(
+    channel: Channel,
+    index: usize,
+    beats_per_task: u32,
+    stop: Arc<AtomicBool>,
+    errors: Arc<AtomicU64>,
+    completed: Arc<AtomicU64>,
+) -> Latencies {
+    let mut lat = Latencies::new();
+    let mut client = WorkerServiceClient::new(channel);
+    let id = match client
+        .register(pb::RegisterRequest {
+            name: format!("bench-{index}"),
+            host: "bench".into(),
+            version: "bench".into(),
+            slots: vec![pb::Slot {
+                device: "cpu".into(),
+                model: String::new(),
+                memory_bytes: 0,
+            }],
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().worker_id,
+        Err(e) => {
+            eprintln!("register failed: {e}");
+            errors.fetch_add(1, Ordering::Relaxed);
+            return lat;
+        }
+    };
+    // Spread the heartbeats over the second.
+    tokio::time::sleep(Duration::from_millis((index as u64 * 1000) / 500 % 1000)).await;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut task: Option<(pb::TaskAssignment, u32)> = None;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        if task.is_none() {
+            let start = Instant::now();
+            match client
+                .lease_task(pb::LeaseTaskRequest {
+                    worker_id: id.clone(),
+                    slot: 0,
+                    wait_ms: 1000,
+                })
+                .await
+            {
+                Ok(r) => {
+                    if let Some(a) = r.into_inner().assignment {
+                        // Only leases answered with a task measure the scheduler, not the poll.
+                        lat.lease.record(micros(start)).unwrap();
+                        task = Some((a, 0));
+                    }
+                }
+                Err(e) => {
+                    eprintln!("lease failed: {e}");
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let report: Vec<pb::TaskReport> = task
+            .as_ref()
+            .map(|(a, step)| pb::TaskReport {
+                task_id: a.task_id.clone(),
+                attempt: a.attempt,
+                progress: Some(pb::Progress {
+                    step: u64::from(*step),
+                    total_steps: u64::from(beats_per_task),
+                    metrics: [("loss".to_string(), 1.0 / (f64::from(*step) + 1.0))]
+                        .into_iter()
+                        .collect(),
+                    message: String::new(),
+                    updated_unix_ms: 0,
+                }),
+                logs: vec![],
+            })
+            .into_iter()
+            .collect();
+        let start = Instant::now();
+        match client
+            .heartbeat(pb::HeartbeatRequest {
+                worker_id: id.clone(),
+                tasks: report,
+            })
+            .await
+        {
+            Ok(r) => {
+                lat.heartbeat.record(micros(start)).unwrap();
+                if !r.into_inner().stop.is_empty() {
+                    task = None;
+                }
+            }
+            Err(e) => {
+                eprintln!("heartbeat failed: {e}");
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some((a, step)) = task.as_mut() {
+            *step += 1;
+            if *step >= beats_per_task {
+                let start = Instant::now();
+                let result = client
+                    .complete_task(pb::CompleteTaskRequest {
+                        worker_id: id.clone(),
+                        task_id: a.task_id.clone(),
+                        attempt: a.attempt,
+                        result: Some(pb::TaskResult::default()),
+                    })
+                    .await;
+                match result {
+                    Ok(_) => {
+                        lat.complete.record(micros(start)).unwrap();
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("complete failed: {e}");
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                task = None;
+            }
+        }
+    }
+    lat
+}
+
+async fn status_loop(channel: Channel, job_id: String, stop: Arc<AtomicBool>, errors: Arc<AtomicU64>) -> Latencies {
+    let mut lat = Latencies::new();
+    let mut client = JobServiceClient::new(channel);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let start = Instant::now();
+        // What `surgeryctl status` asks for.
+        match client
+            .get_job(pb::GetJobRequest {
+                job_id: job_id.clone(),
+                include_tasks: true,
+                task_stages: vec![pb::Stage::Distill as i32],
+            })
+            .await
+        {
+            Ok(_) => lat.status.record(micros(start)).unwrap(),
+            Err(e) => {
+                eprintln!("status failed: {e}");
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    lat
+}
+
+fn row(name: &str, h: &Histogram<u64>) -> String {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        h.len(),
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0
+    )
+}
+
+/// The coordinator's /metrics text (plain HTTP/1.1 on the gRPC port).
+async fn scrape_metrics(addr: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = addr.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+
+    let (tasks, planned, persisted) = plan_and_persist(args.shards)?;
+    println!(
+        "in-process: planned {tasks} tasks in {:.1} ms, planned + persisted (one fsynced transaction) in {:.1} ms",
+        planned.as_secs_f64() * 1e3,
+        persisted.as_secs_f64() * 1e3
+    );
+
+    let dir = tempfile::tempdir()?;
+    let started;
+    let (addr, pid) = match &args.addr {
+        Some(addr) => (addr.clone(), None),
+        None => {
+            let binary: PathBuf = std::env::current_exe()?.with_file_name("e2e-coordinator");
+            anyhow::ensure!(
+                binary.exists(),
+                "{} is missing: build with `cargo build --release -p surgery-e2e`",
+                binary.display()
+            );
+            started = Coordinator::start(
+                &binary,
+                dir.path(),
+                &[
+                    "--heartbeat-interval",
+                    "1s",
+                    "--log-level",
+                    "warn,surgery_coordinator::server=info",
+                ],
+            )?;
+            (started.url(), Some(started.pid()))
+        }
+    };
+    let connect = || async {
+        Channel::from_shared(addr.clone())
+            .unwrap()
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .context("connect")
+    };
+
+    let mut jobs = JobServiceClient::new(connect().await?);
+    let start = Instant::now();
+    let submitted = jobs
+        .submit_job(pb::SubmitJobRequest {
+            request_id: "bench".into(),
+            spec_yaml: bench_spec(args.shards),
+        })
+        .await?
+        .into_inner();
+    let submit_ms = start.elapsed().as_secs_f64() * 1e3;
+    let job = submitted.job.context("job")?;
+    let total_tasks: u32 = job.stages.iter().map(|s| s.total).sum();
+    println!("SubmitJob over gRPC: {total_tasks} tasks planned, persisted and answered in {submit_ms:.1} ms");
+    let rss_idle = pid.and_then(rss_mib);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    // One connection per simulated worker, as real workers have.
+    for index in 0..args.workers {
+        let channel = connect().await?;
+        handles.push(tokio::spawn(worker_loop(
+            channel,
+            index,
+            args.beats_per_task,
+            stop.clone(),
+            errors.clone(),
+            completed.clone(),
+        )));
+    }
+    for _ in 0..args.clients {
+        let channel = connect().await?;
+        handles.push(tokio::spawn(status_loop(
+            channel,
+            job.id.clone(),
+            stop.clone(),
+            errors.clone(),
+        )));
+    }
+    let peak_rss = Arc::new(Mutex::new(0f64));
+    let sampler = {
+        let peak = peak_rss.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(rss) = pid.and_then(rss_mib) {
+                    let mut p = peak.lock().await;
+                    *p = p.max(rss);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let scraped = scrape_metrics(&addr).await.unwrap_or_default();
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Latencies::new();
+    for handle in handles {
+        all.merge(&handle.await?);
+    }
+    sampler.await?;
+
+    println!();
+    println!(
+        "{} workers, {} status clients, {} s, {} tasks completed, {} errors",
+        args.workers,
+        args.clients,
+        args.seconds,
+        completed.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed)
+    );
+    println!("| call | count | p50 ms | p99 ms | p99.9 ms | max ms |");
+    println!("|---|---|---|---|---|---|");
+    println!("{}", row("Heartbeat", &all.heartbeat));
+    println!("{}", row("LeaseTask (answered with a task)", &all.lease));
+    println!("{}", row("CompleteTask", &all.complete));
+    println!(
+        "{}",
+        row(
+            &format!("GetJob (status view) of a {total_tasks}-task job"),
+            &all.status
+        )
+    );
+    for line in scraped.lines().filter(|l| l.starts_with("surgery_store_commit")) {
+        println!("{line}");
+    }
+    if let Some(idle) = rss_idle {
+        println!(
+            "coordinator resident memory: {idle:.1} MiB after submit, {:.1} MiB peak under load",
+            *peak_rss.lock().await
+        );
+    }
+    Ok(())
+}
