@@ -123,7 +123,9 @@ pub struct Flags {
 
 /// Environment variables the coordinator reads (`SURGERY_` + the upper-cased key). Only
 /// these: SURGERY_ADDR and SURGERY_TOKEN belong to surgeryctl and must not trip us.
-const ENV_KEYS: [&str; 11] = [
+/// The auth token is read apart, verbatim: figment would parse `123` or `true` as a
+/// number or a boolean and reject a perfectly good secret.
+const ENV_KEYS: [&str; 10] = [
     "listen",
     "data_dir",
     "object_store_url",
@@ -132,7 +134,6 @@ const ENV_KEYS: [&str; 11] = [
     "worker_timeout",
     "max_poll",
     "tick",
-    "auth_token",
     "log_format",
     "log_level",
 ];
@@ -147,9 +148,11 @@ impl Config {
             }
             figment = figment.merge(Yaml::file_exact(path));
         }
-        figment = figment
-            .merge(Env::prefixed("SURGERY_").only(&ENV_KEYS))
-            .merge(Serialized::defaults(flags));
+        figment = figment.merge(Env::prefixed("SURGERY_").only(&ENV_KEYS));
+        if let Ok(token) = std::env::var("SURGERY_AUTH_TOKEN") {
+            figment = figment.merge(Serialized::default("auth_token", token));
+        }
+        figment = figment.merge(Serialized::defaults(flags));
         let config: Config = figment.extract().map_err(|err| {
             err.into_iter()
                 .map(|e| format!("configuration: {e}"))
@@ -254,6 +257,13 @@ mod tests {
             };
             let err = Config::load(&flags).unwrap_err();
             assert!(err.contains("unknown field") && err.contains("lease_tll"), "{err}");
+
+            // Secrets are strings whatever they look like.
+            jail.set_env("SURGERY_AUTH_TOKEN", "12345");
+            assert_eq!(
+                Config::load(&Flags::default()).unwrap().auth_token.as_deref(),
+                Some("12345")
+            );
 
             jail.set_env("SURGERY_LEASE_TTL", "soon");
             let err = Config::load(&Flags::default()).unwrap_err();

@@ -5,6 +5,12 @@
 //! it over gRPC, and prints latency percentiles, errors and the coordinator's resident
 //! memory as a Markdown table for docs/BENCHMARKS.md.
 //!
+//! The baseline, measured in the same run with the same load generator, is a "null"
+//! server process (this binary with --serve-null) that implements the same services but
+//! answers every call at once from memory: no state, no store, no fsync. The difference
+//! between the two is what the coordinator itself costs; the baseline is what gRPC and
+//! this 2-core machine cost.
+//!
 //!     cargo run --release -p surgery-e2e --bin control-plane-bench -- --workers 500 --clients 20 --seconds 60
 
 use anyhow::Context;
@@ -41,6 +47,12 @@ struct Args {
     /// Use a running coordinator instead of starting one.
     #[arg(long)]
     addr: Option<String>,
+    /// Skip the baseline run against a server that answers without doing anything.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Internal: serve the null baseline on 127.0.0.1:0, print the address, run forever.
+    #[arg(long, hide = true)]
+    serve_null: bool,
 }
 
 struct Latencies {
@@ -262,18 +274,6 @@ async fn status_loop(channel: Channel, job_id: String, stop: Arc<AtomicBool>, er
     lat
 }
 
-fn row(name: &str, h: &Histogram<u64>) -> String {
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    format!(
-        "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
-        h.len(),
-        ms(0.5),
-        ms(0.99),
-        ms(0.999),
-        h.max() as f64 / 1000.0
-    )
-}
-
 /// The coordinator's /metrics text (plain HTTP/1.1 on the gRPC port).
 async fn scrape_metrics(addr: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -287,50 +287,27 @@ async fn scrape_metrics(addr: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// Latencies and counts of one load run against one server.
+struct Run {
+    lat: Latencies,
+    completed: u64,
+    errors: u64,
+    submit_ms: f64,
+    total_tasks: u32,
+    peak_rss: Option<f64>,
+    idle_rss: Option<f64>,
+    metrics: String,
+}
 
-    let (tasks, planned, persisted) = plan_and_persist(args.shards)?;
-    println!(
-        "in-process: planned {tasks} tasks in {:.1} ms, planned + persisted (one fsynced transaction) in {:.1} ms",
-        planned.as_secs_f64() * 1e3,
-        persisted.as_secs_f64() * 1e3
-    );
-
-    let dir = tempfile::tempdir()?;
-    let started;
-    let (addr, pid) = match &args.addr {
-        Some(addr) => (addr.clone(), None),
-        None => {
-            let binary: PathBuf = std::env::current_exe()?.with_file_name("e2e-coordinator");
-            anyhow::ensure!(
-                binary.exists(),
-                "{} is missing: build with `cargo build --release -p surgery-e2e`",
-                binary.display()
-            );
-            started = Coordinator::start(
-                &binary,
-                dir.path(),
-                &[
-                    "--heartbeat-interval",
-                    "1s",
-                    "--log-level",
-                    "warn,surgery_coordinator::server=info",
-                ],
-            )?;
-            (started.url(), Some(started.pid()))
-        }
-    };
+async fn load(args: &Args, addr: &str, pid: Option<i32>) -> anyhow::Result<Run> {
     let connect = || async {
-        Channel::from_shared(addr.clone())
+        Channel::from_shared(addr.to_string())
             .unwrap()
             .connect_timeout(Duration::from_secs(10))
             .connect()
             .await
             .context("connect")
     };
-
     let mut jobs = JobServiceClient::new(connect().await?);
     let start = Instant::now();
     let submitted = jobs
@@ -343,8 +320,7 @@ async fn main() -> anyhow::Result<()> {
     let submit_ms = start.elapsed().as_secs_f64() * 1e3;
     let job = submitted.job.context("job")?;
     let total_tasks: u32 = job.stages.iter().map(|s| s.total).sum();
-    println!("SubmitJob over gRPC: {total_tasks} tasks planned, persisted and answered in {submit_ms:.1} ms");
-    let rss_idle = pid.and_then(rss_mib);
+    let idle_rss = pid.and_then(rss_mib);
 
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -386,43 +362,309 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let scraped = scrape_metrics(&addr).await.unwrap_or_default();
+    let metrics = scrape_metrics(addr).await.unwrap_or_default();
     stop.store(true, Ordering::Relaxed);
-    let mut all = Latencies::new();
+    let mut lat = Latencies::new();
     for handle in handles {
-        all.merge(&handle.await?);
+        lat.merge(&handle.await?);
     }
     sampler.await?;
+    let peak = *peak_rss.lock().await;
+    Ok(Run {
+        lat,
+        completed: completed.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        submit_ms,
+        total_tasks,
+        peak_rss: pid.map(|_| peak),
+        idle_rss,
+        metrics,
+    })
+}
+
+/// Starts this binary again as the null server and returns it with its address.
+fn start_null_server() -> anyhow::Result<(std::process::Child, String)> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--serve-null")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    Ok((child, format!("http://{}", line.trim())))
+}
+
+fn cell(h: &Histogram<u64>, q: f64) -> String {
+    if h.is_empty() {
+        "-".into()
+    } else {
+        format!("{:.2}", h.value_at_quantile(q) as f64 / 1000.0)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.serve_null {
+        return null_server::serve().await;
+    }
+
+    let (tasks, planned, persisted) = plan_and_persist(args.shards)?;
+    println!(
+        "in-process: planned {tasks} tasks in {:.1} ms, planned + persisted (one fsynced transaction) in {:.1} ms",
+        planned.as_secs_f64() * 1e3,
+        persisted.as_secs_f64() * 1e3
+    );
+
+    let dir = tempfile::tempdir()?;
+    let mut started: Option<Coordinator> = None;
+    let (addr, pid) = match &args.addr {
+        Some(addr) => (addr.clone(), None),
+        None => {
+            let binary: PathBuf = std::env::current_exe()?.with_file_name("e2e-coordinator");
+            anyhow::ensure!(
+                binary.exists(),
+                "{} is missing: build with `cargo build --release -p surgery-e2e`",
+                binary.display()
+            );
+            let coordinator = Coordinator::start(
+                &binary,
+                dir.path(),
+                &[
+                    "--heartbeat-interval",
+                    "1s",
+                    "--log-level",
+                    "warn,surgery_coordinator::server=info",
+                ],
+            )?;
+            let found = (coordinator.url(), Some(coordinator.pid()));
+            started = Some(coordinator);
+            found
+        }
+    };
+    let run = load(&args, &addr, pid).await?;
+    // Stop the coordinator so the baseline run has the machine to itself.
+    drop(started.take());
+    println!(
+        "SubmitJob over gRPC: {} tasks planned, persisted and answered in {:.1} ms",
+        run.total_tasks, run.submit_ms
+    );
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        let (mut child, null_addr) = start_null_server()?;
+        let result = load(&args, &null_addr, Some(child.id() as i32)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        Some(result?)
+    };
 
     println!();
     println!(
-        "{} workers, {} status clients, {} s, {} tasks completed, {} errors",
-        args.workers,
-        args.clients,
-        args.seconds,
-        completed.load(Ordering::Relaxed),
-        errors.load(Ordering::Relaxed)
+        "{} workers heartbeating every second, {} status clients polling every second, {} s per run",
+        args.workers, args.clients, args.seconds
     );
-    println!("| call | count | p50 ms | p99 ms | p99.9 ms | max ms |");
-    println!("|---|---|---|---|---|---|");
-    println!("{}", row("Heartbeat", &all.heartbeat));
-    println!("{}", row("LeaseTask (answered with a task)", &all.lease));
-    println!("{}", row("CompleteTask", &all.complete));
     println!(
-        "{}",
-        row(
-            &format!("GetJob (status view) of a {total_tasks}-task job"),
-            &all.status
-        )
+        "coordinator: {} tasks completed, {} errors; null baseline: {}",
+        run.completed,
+        run.errors,
+        baseline.as_ref().map_or("not run".to_string(), |b| format!(
+            "{} tasks completed, {} errors",
+            b.completed, b.errors
+        ))
     );
-    for line in scraped.lines().filter(|l| l.starts_with("surgery_store_commit")) {
-        println!("{line}");
-    }
-    if let Some(idle) = rss_idle {
+    println!();
+    println!("| call | count | coordinator p50 ms | p99 ms | p99.9 ms | max ms | null baseline p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let rows: [(&str, fn(&Latencies) -> &Histogram<u64>); 4] = [
+        ("Heartbeat", |l| &l.heartbeat),
+        ("LeaseTask (answered with a task)", |l| &l.lease),
+        ("CompleteTask", |l| &l.complete),
+        ("GetJob, status view", |l| &l.status),
+    ];
+    for (name, pick) in rows {
+        let h = pick(&run.lat);
+        let (b50, b99) = baseline.as_ref().map_or(("-".into(), "-".into()), |b| {
+            (cell(pick(&b.lat), 0.5), cell(pick(&b.lat), 0.99))
+        });
         println!(
-            "coordinator resident memory: {idle:.1} MiB after submit, {:.1} MiB peak under load",
-            *peak_rss.lock().await
+            "| {name} | {} | {} | {} | {} | {:.2} | {b50} | {b99} |",
+            h.len(),
+            cell(h, 0.5),
+            cell(h, 0.99),
+            cell(h, 0.999),
+            h.max() as f64 / 1000.0
         );
     }
+    println!();
+    for line in run
+        .metrics
+        .lines()
+        .filter(|l| l.starts_with("surgery_store_commit_seconds_"))
+    {
+        if let Some(rest) = line.strip_prefix("surgery_store_commit_seconds_sum ") {
+            let count: f64 = run
+                .metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("surgery_store_commit_seconds_count "))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1.0);
+            let sum: f64 = rest.parse().unwrap_or(0.0);
+            println!("store: {count:.0} group commits, mean {:.3} ms each", sum / count * 1e3);
+        }
+    }
+    if let (Some(idle), Some(peak)) = (run.idle_rss, run.peak_rss) {
+        println!("coordinator resident memory: {idle:.1} MiB after submit, {peak:.1} MiB peak under load");
+    }
+    if let Some(peak) = baseline.as_ref().and_then(|b| b.peak_rss) {
+        println!("null baseline resident memory: {peak:.1} MiB peak");
+    }
     Ok(())
+}
+
+/// The baseline server: the same services, answered from memory at once.
+mod null_server {
+    use super::pb;
+    use futures::Stream;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use surgery_proto::v1::job_service_server::{JobService, JobServiceServer};
+    use surgery_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+    use tonic::{Request, Response, Status};
+
+    type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+    #[derive(Default)]
+    struct Null {
+        next_task: AtomicU64,
+    }
+
+    fn job() -> pb::Job {
+        pb::Job {
+            id: "bench-null".into(),
+            name: "bench".into(),
+            state: pb::JobState::Running as i32,
+            stages: vec![pb::StageSummary {
+                stage: pb::Stage::Capture as i32,
+                total: 10_000,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tonic::async_trait]
+    impl JobService for Null {
+        async fn submit_job(
+            &self,
+            _: Request<pb::SubmitJobRequest>,
+        ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+            Ok(Response::new(pb::SubmitJobResponse {
+                job: Some(job()),
+                created: true,
+            }))
+        }
+        async fn get_job(&self, _: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+            let tasks = (0..6)
+                .map(|i| pb::Task {
+                    id: format!("distill/block-0{}/rate-2", i),
+                    state: pb::TaskState::Pending as i32,
+                    ..Default::default()
+                })
+                .collect();
+            Ok(Response::new(pb::GetJobResponse {
+                job: Some(job()),
+                tasks,
+            }))
+        }
+        async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+            Err(Status::unimplemented("null server"))
+        }
+        async fn cancel_job(
+            &self,
+            _: Request<pb::CancelJobRequest>,
+        ) -> Result<Response<pb::CancelJobResponse>, Status> {
+            Err(Status::unimplemented("null server"))
+        }
+        async fn resume_job(
+            &self,
+            _: Request<pb::ResumeJobRequest>,
+        ) -> Result<Response<pb::ResumeJobResponse>, Status> {
+            Err(Status::unimplemented("null server"))
+        }
+        type WatchJobStream = Streamed<pb::JobEvent>;
+        async fn watch_job(&self, _: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+            Err(Status::unimplemented("null server"))
+        }
+        type GetLogsStream = Streamed<pb::LogLine>;
+        async fn get_logs(&self, _: Request<pb::GetLogsRequest>) -> Result<Response<Self::GetLogsStream>, Status> {
+            Err(Status::unimplemented("null server"))
+        }
+        async fn list_workers(
+            &self,
+            _: Request<pb::ListWorkersRequest>,
+        ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+            Err(Status::unimplemented("null server"))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl WorkerService for Null {
+        async fn register(
+            &self,
+            request: Request<pb::RegisterRequest>,
+        ) -> Result<Response<pb::RegisterResponse>, Status> {
+            Ok(Response::new(pb::RegisterResponse {
+                worker_id: request.into_inner().name,
+                heartbeat_interval_ms: 1000,
+                lease_ttl_ms: 20_000,
+            }))
+        }
+        async fn heartbeat(&self, _: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+            Ok(Response::new(pb::HeartbeatResponse::default()))
+        }
+        async fn lease_task(
+            &self,
+            _: Request<pb::LeaseTaskRequest>,
+        ) -> Result<Response<pb::LeaseTaskResponse>, Status> {
+            let n = self.next_task.fetch_add(1, Ordering::Relaxed);
+            Ok(Response::new(pb::LeaseTaskResponse {
+                assignment: Some(pb::TaskAssignment {
+                    job_id: "bench-null".into(),
+                    task_id: format!("bench-null:capture/shard-{n:04}"),
+                    attempt: 1,
+                    spec_yaml: super::bench_spec(10),
+                    ..Default::default()
+                }),
+            }))
+        }
+        async fn complete_task(
+            &self,
+            _: Request<pb::CompleteTaskRequest>,
+        ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+            Ok(Response::new(pb::CompleteTaskResponse {}))
+        }
+        async fn fail_task(&self, _: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
+            Ok(Response::new(pb::FailTaskResponse::default()))
+        }
+        async fn rendezvous(
+            &self,
+            _: Request<pb::RendezvousRequest>,
+        ) -> Result<Response<pb::RendezvousResponse>, Status> {
+            Ok(Response::new(pb::RendezvousResponse::default()))
+        }
+    }
+
+    pub async fn serve() -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?);
+        let null = std::sync::Arc::new(Null::default());
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(JobServiceServer::from_arc(null.clone()))
+            .add_service(WorkerServiceServer::from_arc(null))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await?;
+        Ok(())
+    }
 }
