@@ -300,6 +300,16 @@ pub fn log_line(l: &LogRecord) -> pb::LogLine {
     }
 }
 
+pub fn metric_point(m: &MetricPoint) -> pb::MetricPoint {
+    pb::MetricPoint {
+        task_id: m.task_id.clone(),
+        attempt: m.attempt,
+        step: m.step,
+        unix_ms: m.unix_ms,
+        metrics: m.metrics.clone().into_iter().collect(),
+    }
+}
+
 pub fn worker(w: &WorkerRecord, tasks: Vec<String>) -> pb::Worker {
     pb::Worker {
         id: w.id.clone(),

@@ -263,6 +263,48 @@ impl pb::job_service_server::JobService for JobApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn get_metrics(
+        &self,
+        request: Request<pb::GetMetricsRequest>,
+    ) -> Result<Response<pb::GetMetricsResponse>, Status> {
+        observed(&self.engine, "GetMetrics", async {
+            let req = request.into_inner();
+            let known = self
+                .engine
+                .read(|state, _| {
+                    let job = state.cluster.jobs.contains_key(&req.job_id);
+                    let task = req.task_id.is_empty() || state.cluster.task(&req.job_id, &req.task_id).is_some();
+                    (job, task)
+                })
+                .await;
+            match known {
+                (false, _) => {
+                    return Err(convert::reject_status(Reject::NotFound(format!(
+                        "job {} does not exist",
+                        req.job_id
+                    ))));
+                }
+                (true, false) => {
+                    return Err(convert::reject_status(Reject::NotFound(format!(
+                        "job {} has no task {}",
+                        req.job_id, req.task_id
+                    ))));
+                }
+                _ => {}
+            }
+            let task = (!req.task_id.is_empty()).then_some(req.task_id.as_str());
+            let points = self
+                .engine
+                .store
+                .metrics(&req.job_id, task)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(pb::GetMetricsResponse {
+                points: points.iter().map(convert::metric_point).collect(),
+            }))
+        })
+        .await
+    }
+
     async fn list_workers(
         &self,
         _request: Request<pb::ListWorkersRequest>,

@@ -96,6 +96,13 @@ pub enum Command {
     Watch { job: String },
     /// List the workers the coordinator knows.
     Workers,
+    /// Print a job's training curves: every reported step with its metrics, all attempts.
+    Metrics {
+        job: String,
+        /// Only this task's points.
+        #[arg(long)]
+        task: Option<String>,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }

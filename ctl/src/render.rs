@@ -7,8 +7,8 @@
 use crate::distill::{self, Grid};
 use crate::format;
 use crate::view::{
-    CancelView, EventView, JobListView, JobView, LogView, ResumeView, SlotView, SpecSummaryView, StatusView,
-    WorkerListView,
+    CancelView, EventView, JobListView, JobView, LogView, MetricListView, ResumeView, SlotView, SpecSummaryView,
+    StatusView, WorkerListView,
 };
 use comfy_table::{ContentArrangement, Table, presets};
 
@@ -225,6 +225,35 @@ pub fn worker_list(list: &WorkerListView, now_unix_ms: i64) -> String {
         })
         .collect();
     table(&["ID", "NAME", "HOST", "STATUS", "SLOTS", "TASKS", "LAST SEEN"], &rows)
+}
+
+/// TASK ATTEMPT STEP then one column per metric name (sorted), 4 significant digits.
+pub fn metric_list(list: &MetricListView) -> String {
+    let names: std::collections::BTreeSet<&str> = list
+        .points
+        .iter()
+        .flat_map(|p| p.metrics.keys().map(String::as_str))
+        .collect();
+    let header: Vec<String> = ["TASK", "ATTEMPT", "STEP"]
+        .into_iter()
+        .map(String::from)
+        .chain(names.iter().map(|n| n.to_uppercase()))
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let rows: Vec<Vec<String>> = list
+        .points
+        .iter()
+        .map(|p| {
+            let mut row = vec![p.task_id.clone(), p.attempt.to_string(), p.step.to_string()];
+            row.extend(
+                names
+                    .iter()
+                    .map(|n| p.metrics.get(*n).map_or_else(|| "-".to_string(), |v| format::sig4(*v))),
+            );
+            row
+        })
+        .collect();
+    table(&header, &rows)
 }
 
 /// `TIME [task] kind: message`; the task part only for task events.

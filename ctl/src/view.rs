@@ -415,6 +415,33 @@ pub struct WorkerListView {
     pub workers: Vec<WorkerView>,
 }
 
+/// One reported training step of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricPointView {
+    pub task_id: String,
+    pub attempt: u32,
+    pub step: u64,
+    pub time: Option<String>,
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+impl From<&pb::MetricPoint> for MetricPointView {
+    fn from(point: &pb::MetricPoint) -> Self {
+        MetricPointView {
+            task_id: point.task_id.clone(),
+            attempt: point.attempt,
+            step: point.step,
+            time: format::time_millis(point.unix_ms),
+            metrics: point.metrics.clone().into_iter().collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricListView {
+    pub points: Vec<MetricPointView>,
+}
+
 /// One line of `watch` (JSON Lines with `--output json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventView {

@@ -206,6 +206,22 @@ impl JobService for Fake {
         Ok(Response::new(Box::pin(stream::iter(lines.into_iter().map(Ok)))))
     }
 
+    async fn get_metrics(&self, request: Request<GetMetricsRequest>) -> Result<Response<GetMetricsResponse>, Status> {
+        let request = request.into_inner();
+        let point = |task: &str, attempt: u32, step: u64, loss: f64| MetricPoint {
+            task_id: task.into(),
+            attempt,
+            step,
+            unix_ms: 1_764_000_000_000,
+            metrics: [("loss".to_string(), loss)].into_iter().collect(),
+        };
+        let points = vec![point("finetune", 1, 10, 0.5), point("finetune", 2, 20, 0.25)]
+            .into_iter()
+            .filter(|p| request.task_id.is_empty() || p.task_id == request.task_id)
+            .collect();
+        Ok(Response::new(GetMetricsResponse { points }))
+    }
+
     async fn list_workers(&self, _: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
         Ok(Response::new(ListWorkersResponse {
             workers: vec![Worker {
@@ -541,6 +557,21 @@ fn workers_table() {
         run.stdout
     );
     assert!(lines[1].ends_with("s ago"), "{}", run.stdout);
+}
+
+#[test]
+fn metrics_table_across_attempts() {
+    let (addr, _) = start_fake();
+    let run = surgeryctl(&["--addr", &addr, "metrics", "run-1", "--task", "finetune"], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        "TASK      ATTEMPT  STEP  LOSS\nfinetune  1        10    0.5000\nfinetune  2        20    0.2500\n"
+    );
+    let json = surgeryctl(&["--addr", &addr, "-o", "json", "metrics", "run-1"], &[]);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(doc["points"][1]["attempt"], 2);
+    assert_eq!(doc["points"][1]["metrics"]["loss"], 0.25);
 }
 
 #[test]

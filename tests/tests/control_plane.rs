@@ -367,6 +367,16 @@ async fn coordinator_killed_mid_job_restarts_with_everything_intact() {
 
     let before = get_job(&mut jobs, &job.id).await.unwrap();
     let events_before = collect_events(&mut jobs, &job.id).await;
+    let metrics_before = jobs
+        .get_metrics(pb::GetMetricsRequest {
+            job_id: job.id.clone(),
+            task_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .points;
+    assert_eq!(metrics_before.len(), 2, "{metrics_before:?}");
     let workers_before = jobs.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner();
 
     coordinator.kill();
@@ -388,6 +398,16 @@ async fn coordinator_killed_mid_job_restarts_with_everything_intact() {
     };
     assert_eq!(strip(&after), strip(&before));
     assert_eq!(collect_events(&mut jobs, &job.id).await, events_before);
+    let metrics_after = jobs
+        .get_metrics(pb::GetMetricsRequest {
+            job_id: job.id.clone(),
+            task_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .points;
+    assert_eq!(metrics_after, metrics_before, "every metric point survived");
     let workers_after = jobs.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner();
     assert_eq!(
         workers_after

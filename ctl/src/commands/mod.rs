@@ -7,6 +7,7 @@ mod completions;
 mod control;
 mod list;
 mod logs;
+mod metrics;
 mod status;
 mod submit;
 mod validate;
@@ -45,6 +46,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, CtlError> {
         Command::Logs { job, task, follow } => logs::run(&ctx, &job, task.as_deref(), follow).await,
         Command::Watch { job } => watch::run(&ctx, &job).await,
         Command::Workers => workers::run(&ctx).await,
+        Command::Metrics { job, task } => metrics::run(&ctx, &job, task.as_deref()).await,
         Command::Completions { shell } => completions::run(shell),
     }
 }

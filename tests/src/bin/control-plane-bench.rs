@@ -476,7 +476,8 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("| call | count | coordinator p50 ms | p99 ms | p99.9 ms | max ms | null baseline p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|---|---|");
-    let rows: [(&str, fn(&Latencies) -> &Histogram<u64>); 4] = [
+    type Pick = fn(&Latencies) -> &Histogram<u64>;
+    let rows: [(&str, Pick); 4] = [
         ("Heartbeat", |l| &l.heartbeat),
         ("LeaseTask (answered with a task)", |l| &l.lease),
         ("CompleteTask", |l| &l.complete),
@@ -598,6 +599,12 @@ mod null_server {
         }
         type GetLogsStream = Streamed<pb::LogLine>;
         async fn get_logs(&self, _: Request<pb::GetLogsRequest>) -> Result<Response<Self::GetLogsStream>, Status> {
+            Err(Status::unimplemented("null server"))
+        }
+        async fn get_metrics(
+            &self,
+            _: Request<pb::GetMetricsRequest>,
+        ) -> Result<Response<pb::GetMetricsResponse>, Status> {
             Err(Status::unimplemented("null server"))
         }
         async fn list_workers(
