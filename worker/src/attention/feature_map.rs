@@ -1,0 +1,1 @@
+//! Placeholder while the feature maps are being written.

@@ -1,0 +1,1 @@
+//! Placeholder: the Wan2.1 transformer is being written.

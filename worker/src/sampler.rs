@@ -1,0 +1,1 @@
+//! Placeholder: the flow-matching sampler is being written.

@@ -1,0 +1,1 @@
+//! Placeholder: training primitives are being written.
