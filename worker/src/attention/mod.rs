@@ -6,8 +6,10 @@
 //! Layout everywhere: q, k, v and outputs are [B, H, N, d], tokens in (frame, height,
 //! width) raster order over a [`TokenGrid`].
 
+pub mod anchors;
 pub mod feature_map;
 pub mod hybrid;
+pub mod score_loss;
 
 use tch::Tensor;
 
