@@ -1,1 +1,0 @@
-//! Placeholder: the flow-matching sampler is being written.
