@@ -86,6 +86,11 @@ pub struct PatchConv3d {
 }
 
 impl PatchConv3d {
+    /// The dtype of the weights (the model's compute dtype).
+    pub fn kind(&self) -> tch::Kind {
+        self.weight.kind()
+    }
+
     pub fn new(vs: nn::Path, in_channels: i64, out_channels: i64, patch: [i64; 3]) -> Self {
         // PyTorch's default Conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both.
         let bound = 1.0 / ((in_channels * patch.iter().product::<i64>()) as f64).sqrt();

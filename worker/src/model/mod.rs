@@ -15,6 +15,7 @@
 
 pub mod block;
 pub mod config;
+pub mod denoise;
 pub mod embeddings;
 pub mod layers;
 pub mod rope;

@@ -89,6 +89,12 @@ impl WanTransformer {
         }
     }
 
+    /// The dtype the model computes in (the patch embedding's); latents and text are cast
+    /// to it, as diffusers' pipeline does with `latents.to(transformer_dtype)`.
+    pub fn compute_kind(&self) -> Kind {
+        self.patch_embedding.kind()
+    }
+
     pub fn config(&self) -> &WanConfig {
         &self.config
     }
