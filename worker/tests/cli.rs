@@ -205,3 +205,21 @@ fn bad_inputs_are_explained() {
     let run = worker(&["forward"]);
     assert_eq!(run.status.code(), Some(2), "usage error");
 }
+
+/// The GPU benchmark's every phase runs (on the CPU at toy sizes), so a broken benchmark
+/// is caught here rather than on a lent GPU.
+#[test]
+fn model_bench_phases_run_in_smoke_mode() {
+    for phase in ["attention", "teacher-forward", "teacher-train", "finetune-step"] {
+        let run = Command::new(env!("CARGO_BIN_EXE_model-bench")).args([phase, "--smoke"]).output().unwrap();
+        assert!(run.status.success(), "{phase}: {}", stderr(&run));
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        for line in stdout.lines() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert!(value["phase"].is_string(), "{line}");
+            if let Some(ok) = value.get("ok") {
+                assert_eq!(ok, true, "{line}");
+            }
+        }
+    }
+}
