@@ -313,7 +313,7 @@ async fn submit_is_idempotent_and_bad_specs_store_nothing() {
     assert_eq!(err.kind(), ErrorKind::InvalidSpec);
     assert_eq!(err.message, "invalid job spec (2 errors)");
     let fields: Vec<(&str, u32)> = err.field_errors.iter().map(|f| (f.path.as_str(), f.line)).collect();
-    assert_eq!(fields, vec![("video.frames", 30), ("stages.finetune.global_batch", 65)]);
+    assert_eq!(fields, vec![("video.frames", 30), ("stages.finetune.global_batch", 66)]);
 
     let garbage = submit(&mut jobs, "bad-2", "version: 1\nname: x\nteacher: [")
         .await

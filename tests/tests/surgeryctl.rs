@@ -144,7 +144,7 @@ async fn a_bad_spec_is_refused_with_its_line_and_nothing_is_stored() {
     let err = stderr(&submit);
     assert!(
         err.contains(&format!(
-            "{spec}:50:7: surgery.selection.knapsack.budget: 2 is out of range"
+            "{spec}:51:7: surgery.selection.knapsack.budget: 2 is out of range"
         )),
         "{err}"
     );

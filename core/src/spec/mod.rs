@@ -121,6 +121,17 @@ pub struct SamplerSpec {
     pub guidance: f64,
     #[serde(default)]
     pub seed: u64,
+    /// `unipc` (the Wan pipeline's default) or `euler`.
+    #[serde(default)]
+    pub scheduler: SchedulerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    #[default]
+    Unipc,
+    Euler,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -503,6 +514,7 @@ impl Default for SamplerSpec {
             shift: defaults::shift(),
             guidance: defaults::guidance(),
             seed: 0,
+            scheduler: SchedulerKind::default(),
         }
     }
 }

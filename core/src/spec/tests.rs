@@ -59,6 +59,7 @@ fn defaults_fill_what_is_left_out() {
     let spec = JobSpec::parse(BASE).unwrap();
     assert_eq!(spec.sampler.steps, 50);
     assert_eq!(spec.sampler.shift, 5.0);
+    assert_eq!(spec.sampler.scheduler, SchedulerKind::Unipc);
     assert_eq!(
         spec.surgery.rates.iter().map(|r| r.0).collect::<Vec<_>>(),
         vec![Rate::Hybrid(2), Rate::Hybrid(4), Rate::Hybrid(8)]
