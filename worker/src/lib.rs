@@ -2,6 +2,8 @@
 //! links LibTorch; the coordinator and surgeryctl never depend on it.
 //!
 //! - [`runtime`]: LibTorch set-up every binary of this crate runs first.
+//! - [`agent`]: the worker process: registration, leases, heartbeats, SIGTERM.
+//! - [`stages`]: the stage executors (capture, distill, finetune, export, evaluate).
 //! - [`cli`]: the `surgery-worker` command (model tools for users).
 //! - [`model`]: the Wan2.1 diffusion transformer with diffusers' names and numerics, and
 //!   the student built from it.
@@ -9,11 +11,17 @@
 //! - [`train`]: losses, AdamW with checkpointable moments, clipping, master weights.
 //! - [`sampler`]: flow-matching sampling with classifier-free guidance and capture hooks.
 //! - [`student`]: the teacher with hybrid blocks, saved and loaded as a folder.
+//! - [`collective`]: gradient all-reduce inside a gang: NCCL on GPUs, a TCP ring on CPUs, with a watchdog.
+//! - [`storage`]: object storage (local, S3, GCS, Azure) and verified background checkpoints.
 
+pub mod agent;
 pub mod attention;
 pub mod cli;
+pub mod collective;
 pub mod model;
 pub mod runtime;
 pub mod sampler;
+pub mod stages;
+pub mod storage;
 pub mod student;
 pub mod train;
