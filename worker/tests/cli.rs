@@ -211,7 +211,10 @@ fn bad_inputs_are_explained() {
 #[test]
 fn model_bench_phases_run_in_smoke_mode() {
     for phase in ["attention", "teacher-forward", "teacher-train", "finetune-step"] {
-        let run = Command::new(env!("CARGO_BIN_EXE_model-bench")).args([phase, "--smoke"]).output().unwrap();
+        let run = Command::new(env!("CARGO_BIN_EXE_model-bench"))
+            .args([phase, "--smoke"])
+            .output()
+            .unwrap();
         assert!(run.status.success(), "{phase}: {}", stderr(&run));
         let stdout = String::from_utf8_lossy(&run.stdout);
         for line in stdout.lines() {

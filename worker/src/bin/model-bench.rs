@@ -210,7 +210,10 @@ fn attention() {
         let sk = Tensor::randn([2, 4, small.tokens(), 32], (kind, dev()));
         let sv = Tensor::randn([2, 4, small.tokens(), 32], (kind, dev()));
         let (fast, exact) = tch::no_grad(|| (h.forward(&sq, &sk, &sv, small), h.reference(&sq, &sk, &sv, small)));
-        let err = (fast.to_kind(Kind::Double) - exact.to_kind(Kind::Double)).abs().max().double_value(&[])
+        let err = (fast.to_kind(Kind::Double) - exact.to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[])
             / exact.abs().max().to_kind(Kind::Double).double_value(&[]);
         emit(&[
             ("phase", "attention-check".into()),
@@ -259,7 +262,10 @@ fn inputs(res: &str) -> (Tensor, Tensor, Tensor) {
     (
         Tensor::randn([1, 16, f, h, w], (Kind::BFloat16, dev())),
         Tensor::from_slice(&[500f32]).to_device(dev()),
-        Tensor::randn([1, if smoke() { 8 } else { 512 }, config().text_dim], (Kind::BFloat16, dev())),
+        Tensor::randn(
+            [1, if smoke() { 8 } else { 512 }, config().text_dim],
+            (Kind::BFloat16, dev()),
+        ),
     )
 }
 
@@ -365,7 +371,10 @@ fn finetune_step() {
         ("res", "480p".into()),
         ("params", count.into()),
         ("ms", ms.into()),
-        ("mfu", (3.0 * forward_flops("480p", &rates) / (ms / 1e3) / PEAK_FLOPS).into()),
+        (
+            "mfu",
+            (3.0 * forward_flops("480p", &rates) / (ms / 1e3) / PEAK_FLOPS).into(),
+        ),
     ]);
 }
 

@@ -1,11 +1,14 @@
-//! The `surgery-worker` command. Today: `forward` and `sample`, so a user can check a
-//! converted model (teacher or student folder) against a reference from files; the worker
-//! loop that leases tasks from the coordinator joins it with the worker runtime.
+//! The `surgery-worker` command: `run` (the agent that leases and executes tasks from a
+//! coordinator), `forward` and `sample` (check a teacher or student folder against a
+//! reference from files), and `init-demo` (the tiny teacher and prompts of
+//! configs/tiny.yaml).
 //!
 //! Exit codes: 0 success, 1 error (bad file, missing tensor, no CUDA), 2 usage.
 
+mod demo;
 mod files;
 mod forward;
+mod run;
 mod sample;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -61,6 +64,19 @@ pub struct ModelArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the worker: register with the coordinator, lease and execute tasks until SIGTERM
+    /// (which checkpoints running tasks and releases their leases as preemptions).
+    Run(run::RunArgs),
+    /// Write a tiny random-weight teacher and prompt embeddings for configs/tiny.yaml.
+    InitDemo {
+        /// Folder to write models/tiny-teacher and data/prompts.safetensors into.
+        #[arg(long, default_value = ".demo")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 12)]
+        prompts: i64,
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+    },
     /// One forward pass. Reads `hidden_states` [B,C,F,H,W], `timestep` [B] and
     /// `encoder_hidden_states` [B,L,text_dim] from a safetensors file (diffusers' argument
     /// names) and writes `output` [B,C,F,H,W].
@@ -102,11 +118,31 @@ pub enum Command {
     },
 }
 
+/// Logs to stderr; RUST_LOG filters (default info), SURGERY_LOG_FORMAT=json for JSON.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("SURGERY_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
 /// Entry point of the binary: LibTorch set-up first (GPU.md), then the command.
 pub fn main() -> ExitCode {
     crate::runtime::init();
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Run(args) => {
+            init_logging();
+            run::run(args)
+        }
+        Command::InitDemo { dir, prompts, seed } => demo::run(&dir, prompts, seed),
         Command::Forward { model, inputs, output } => forward::run(&model, &inputs, &output),
         Command::Sample {
             model,

@@ -95,6 +95,26 @@ impl WanTransformer {
         self.patch_embedding.kind()
     }
 
+    /// The rotary embedding of a token grid (what `embed` computes from latents), for code
+    /// that drives one block from cached inputs.
+    pub fn rope(&self, grid: TokenGrid) -> Rope {
+        self.rope_tables.for_grid(grid, self.rope_device())
+    }
+
+    fn rope_device(&self) -> tch::Device {
+        self.scale_shift_table.device()
+    }
+
+    /// The post-patch token grid of latent frames x height x width.
+    pub fn grid_of(&self, latent: (i64, i64, i64)) -> TokenGrid {
+        let [pt, ph, pw] = self.config.patch_size;
+        TokenGrid {
+            frames: latent.0 / pt,
+            height: latent.1 / ph,
+            width: latent.2 / pw,
+        }
+    }
+
     pub fn config(&self) -> &WanConfig {
         &self.config
     }

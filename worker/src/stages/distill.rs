@@ -1,0 +1,361 @@
+//! Distill one (block, rate): train the block's feature maps phi_q, phi_k so the hybrid
+//! attention reproduces the teacher's softmax attention on the block's cached inputs
+//! (METHOD.md section 2). Everything else is frozen: q, k, v are recomputed from the
+//! cached hidden state and modulation with the teacher's weights, and the teacher output
+//! y = softmax attention(q, k, v) is the target. Each loaded batch serves U updates.
+//!
+//! Deterministic by construction - the sample order is a seeded function of (job seed,
+//! block, rate) and the step - so a resumed run takes exactly the steps the uninterrupted
+//! one would: a checkpoint holds phi, the optimizer's moments, the step and the loss curve,
+//! nothing else. Output: `phi.safetensors` (the student's own tensor names), `result.json`
+//! (e_br and the rest) and the loss curve, beside the checkpoints.
+
+use super::TaskContext;
+use super::data::{self, BlockCache, Shard};
+use crate::agent::task::{StopReason, TaskError, TaskOutput};
+use crate::attention::hybrid::{HybridAttention, HybridConfig};
+use crate::attention::score_loss::attention_score_loss;
+use crate::attention::{TokenGrid, softmax_attention};
+use crate::model::{Rope, WanTransformer};
+use crate::storage::{Checkpointer, tensors};
+use crate::train::{AdamW, AdamWConfig, MasterWeights, value_distillation_loss};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Instant;
+use surgery_core::cost::Rate;
+use surgery_core::spec::{DistillLoss, JobSpec};
+use surgery_core::{layout, results};
+use surgery_proto::v1 as pb;
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+/// Purpose tag of this stage's random streams.
+const SEED_PURPOSE: u64 = 0xD157;
+
+/// The checkpoint's and result's meta data.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    step: u64,
+    untrained_heldout_error: f64,
+    loss_curve: Vec<f64>,
+}
+
+/// q, k, v of a batch and the teacher's attention output: computed once, used U times.
+struct Batch {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    target: Tensor,
+}
+
+/// The frozen teacher block whose attention is being imitated.
+struct TeacherBlock<'a> {
+    model: &'a WanTransformer,
+    block: usize,
+    rope: &'a Rope,
+    grid: TokenGrid,
+    device: Device,
+}
+
+impl TeacherBlock<'_> {
+    /// Recomputes the block's attention inputs and the teacher output from cached rows.
+    fn batch(&self, shard_rows: &[(Tensor, Tensor)]) -> Batch {
+        tch::no_grad(|| {
+            let stack = |pick: fn(&(Tensor, Tensor)) -> &Tensor| {
+                Tensor::cat(
+                    &shard_rows.iter().map(|r| pick(r).shallow_clone()).collect::<Vec<_>>(),
+                    0,
+                )
+                .to_device(self.device)
+            };
+            let (hidden, tp) = (stack(|r| &r.0), stack(|r| &r.1));
+            let (q, k, v) = self
+                .model
+                .block_self_attention_inputs(self.block, &hidden, &tp, self.rope);
+            let target = softmax_attention(&q, &k, &v);
+            Batch { q, k, v, target }
+        })
+    }
+}
+
+fn rows(shard: &Shard, index: usize) -> (Tensor, Tensor) {
+    let i = index as i64;
+    (shard.hidden.narrow(0, i, 1), shard.timestep_proj.narrow(0, i, 1))
+}
+
+/// Mean L1 error of the hybrid output against the teacher's on the held-out samples.
+fn heldout_error(
+    ctx: &TaskContext,
+    cache: &BlockCache,
+    teacher: &TeacherBlock,
+    hybrid: &HybridAttention,
+    batch: usize,
+) -> Result<f64, TaskError> {
+    let heldout = cache.heldout();
+    if heldout.is_empty() {
+        return Err(TaskError::Fatal(
+            "no held-out samples: raise stages.distill.heldout_fraction or the number of prompts".into(),
+        ));
+    }
+    let mut total = 0.0;
+    let mut count = 0usize;
+    let mut loaded: Option<(usize, Shard)> = None;
+    for chunk in heldout.chunks(batch.max(1)) {
+        ctx.handle.check()?;
+        let mut picked = Vec::new();
+        for (s, i) in chunk {
+            if loaded.as_ref().map(|(l, _)| *l) != Some(*s) {
+                loaded = Some((*s, cache.load(&ctx.runtime, *s)?));
+            }
+            picked.push(rows(&loaded.as_ref().expect("loaded").1, *i));
+        }
+        let b = teacher.batch(&picked);
+        let err = tch::no_grad(|| value_distillation_loss(&b.target, &hybrid.forward(&b.q, &b.k, &b.v, teacher.grid)));
+        total += err.double_value(&[]) * picked.len() as f64;
+        count += picked.len();
+    }
+    Ok(total / count as f64)
+}
+
+/// Median forward milliseconds of `f` (for the knapsack's measured cost).
+fn time_ms(device: Device, mut f: impl FnMut()) -> f64 {
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    for _ in 0..2 {
+        f();
+    }
+    sync();
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            sync();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[2]
+}
+
+pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
+    let spec: JobSpec = ctx.spec()?;
+    let Some(pb::task_params::Kind::Distill(params)) = ctx.params() else {
+        return Err(TaskError::Fatal("a distill task without distill parameters".into()));
+    };
+    let block = params.block as usize;
+    let rate = Rate::from_u32(params.rate);
+    let job = ctx.job_storage()?;
+    let (_teacher_vs, teacher) = data::teacher(ctx, &spec)?;
+    let cfg = teacher.config().clone();
+    let (lf, lh, lw) = spec.latent_dims();
+    let grid = teacher.grid_of((i64::from(lf), i64::from(lh), i64::from(lw)));
+    let rope = teacher.rope(grid);
+    let target = TeacherBlock {
+        model: &teacher,
+        block,
+        rope: &rope,
+        grid,
+        device: ctx.device,
+    };
+
+    // The feature maps, fp32 for the optimiser, named as the student names them.
+    let vs = VarStore::new(ctx.device);
+    let hybrid = HybridAttention::new(
+        &(vs.root() / "blocks" / block as i64 / "attn1"),
+        HybridConfig::from_spec(
+            &spec.surgery.feature_map,
+            cfg.num_attention_heads,
+            cfg.attention_head_dim,
+            rate,
+            spec.surgery.anchor_pattern,
+        ),
+    );
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let distill = &spec.stages.distill;
+    // fp32 parameters: no master copies, but the same step and zero_grad as fine-tuning.
+    let masters = MasterWeights::new(named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect())
+        .map_err(TaskError::fatal)?;
+    let mut optimizer = AdamW::new(
+        masters.optimizer_params(),
+        AdamWConfig {
+            lr: distill.lr,
+            weight_decay: distill.weight_decay,
+            ..AdamWConfig::default()
+        },
+    )
+    .map_err(TaskError::fatal)?;
+
+    let dir = data::strip_job(&layout::distill_dir("J", params.block, rate));
+    let checkpoints = Checkpointer::new(
+        job.clone(),
+        &dir,
+        spec.checkpoint.keep_last as usize,
+        ctx.runtime.clone(),
+    );
+    let cache = BlockCache::new(&job, &spec, params.block);
+    let batch = distill.batch as usize;
+
+    // Resume from the newest complete checkpoint, or start fresh.
+    let mut meta = Meta::default();
+    match checkpoints.latest().map_err(TaskError::retryable)? {
+        Some(restored) => {
+            meta =
+                serde_json::from_value(restored.meta).map_err(|e| TaskError::Fatal(format!("checkpoint meta: {e}")))?;
+            let state = tensors::from_bytes(&restored.files["state.safetensors"]).map_err(TaskError::retryable)?;
+            tch::no_grad(|| {
+                for (name, param) in &named {
+                    let saved = state
+                        .get(name)
+                        .ok_or_else(|| TaskError::Fatal(format!("checkpoint lacks {name}")))?;
+                    let mut param = param.shallow_clone();
+                    param.copy_(saved);
+                }
+                Ok::<(), TaskError>(())
+            })?;
+            optimizer.load_state_dict(&state).map_err(TaskError::fatal)?;
+            ctx.handle
+                .log("info", format!("resumed from the checkpoint at step {}", meta.step));
+        }
+        None => {
+            meta.untrained_heldout_error = heldout_error(ctx, &cache, &target, &hybrid, batch)?;
+        }
+    }
+
+    let total = u64::from(distill.steps);
+    let updates = u64::from(distill.updates_per_batch);
+    let every = u64::from(spec.checkpoint.every_steps);
+    let seed = data::seed_for(
+        spec.sampler.seed,
+        SEED_PURPOSE,
+        u64::from(params.block),
+        u64::from(params.rate),
+    );
+    // The training sequence: epochs of a seeded, shard-blocked order.
+    let epoch_len = cache.train_order(seed).len() as u64;
+    if epoch_len == 0 {
+        return Err(TaskError::Fatal("no training samples in the cache".into()));
+    }
+    let first_batch = meta.step / updates;
+    let last_batch = total.div_ceil(updates);
+    let (from, to) = (first_batch * batch as u64, last_batch * batch as u64);
+    let mut positions: Vec<(usize, usize)> = Vec::with_capacity((to - from) as usize);
+    for epoch in from / epoch_len..=to.saturating_sub(1) / epoch_len {
+        let order = cache.train_order(seed ^ epoch);
+        let start = epoch * epoch_len;
+        positions.extend((start.max(from)..(start + epoch_len).min(to)).map(|p| order[(p - start) as usize]));
+    }
+    let mut shard_order: Vec<usize> = Vec::new();
+    for (s, _) in &positions {
+        if shard_order.last() != Some(s) {
+            shard_order.push(*s);
+        }
+    }
+    let mut prefetch = cache.prefetch(ctx.runtime.clone(), shard_order);
+
+    let save = |meta: &Meta, optimizer: &AdamW| -> Result<(), TaskError> {
+        let mut state: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        state.extend(optimizer.state_dict());
+        let refs: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let bytes = tensors::to_bytes(&refs);
+        checkpoints
+            .save(
+                meta.step,
+                vec![("state.safetensors".into(), bytes)],
+                serde_json::to_value(meta).expect("meta"),
+            )
+            .map_err(TaskError::retryable)
+    };
+
+    let first_step = meta.step;
+    let mut current: Option<(u64, Batch)> = None;
+    for step in meta.step..total {
+        if let Some(reason) = ctx.handle.stop_requested() {
+            if reason == StopReason::Preempted && meta.step > first_step {
+                save(&meta, &optimizer)?;
+                checkpoints.wait().map_err(TaskError::retryable)?;
+            }
+            return Err(TaskError::Stopped(reason));
+        }
+        let batch_index = step / updates;
+        if current.as_ref().map(|(i, _)| *i) != Some(batch_index) {
+            let start = ((batch_index - first_batch) * batch as u64) as usize;
+            let mut picked = Vec::with_capacity(batch);
+            for (s, i) in &positions[start..start + batch] {
+                picked.push(rows(prefetch.get(*s)?, *i));
+            }
+            current = Some((batch_index, target.batch(&picked)));
+        }
+        let b = &current.as_ref().expect("loaded").1;
+        let loss = match distill.loss {
+            DistillLoss::ValueL1 => value_distillation_loss(&b.target, &hybrid.forward(&b.q, &b.k, &b.v, grid)),
+            DistillLoss::AttentionScore => attention_score_loss(&hybrid, &b.q, &b.k, grid, 1),
+        };
+        let value = loss.double_value(&[]);
+        if !value.is_finite() {
+            return Err(TaskError::Fatal(format!(
+                "the distillation loss is {value} at step {step}; lower stages.distill.lr"
+            )));
+        }
+        loss.backward();
+        masters.step(&mut optimizer, None).map_err(TaskError::fatal)?;
+        masters.zero_grad();
+        meta.loss_curve.push(value);
+        meta.step = step + 1;
+        ctx.handle.report(
+            meta.step,
+            total,
+            first_step,
+            BTreeMap::from([("loss".to_string(), value)]),
+            "distilling",
+        );
+        if meta.step % every == 0 && meta.step < total {
+            save(&meta, &optimizer)?;
+        }
+    }
+    drop(prefetch);
+
+    let error = heldout_error(ctx, &cache, &target, &hybrid, batch)?;
+    // Attention time at this rate and softmax's, on this device at the spec's size.
+    let (q, k, v) = {
+        let shape = [1, cfg.num_attention_heads, grid.tokens(), cfg.attention_head_dim];
+        let opts = (teacher.compute_kind(), ctx.device);
+        (
+            Tensor::randn(shape, opts),
+            Tensor::randn(shape, opts),
+            Tensor::randn(shape, opts),
+        )
+    };
+    let attention_ms = tch::no_grad(|| time_ms(ctx.device, || drop(hybrid.forward(&q, &k, &v, grid))));
+    let softmax_ms = tch::no_grad(|| time_ms(ctx.device, || drop(softmax_attention(&q, &k, &v))));
+
+    let mut outputs: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    outputs.sort_by(|a, b| a.0.cmp(&b.0));
+    let refs: Vec<(&str, &Tensor)> = outputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let phi_path = format!("{dir}/phi.safetensors");
+    ctx.block_on(job.put(&phi_path, tensors::to_bytes(&refs)))
+        .map_err(TaskError::retryable)?;
+    let metrics = BTreeMap::from([
+        (results::HELDOUT_ERROR.to_string(), error),
+        ("untrained_heldout_error".to_string(), meta.untrained_heldout_error),
+        (
+            "final_loss".to_string(),
+            meta.loss_curve.last().copied().unwrap_or(f64::NAN),
+        ),
+        (results::ATTENTION_MS.to_string(), attention_ms),
+        (results::SOFTMAX_ATTENTION_MS.to_string(), softmax_ms),
+    ]);
+    let result = serde_json::json!({ "block": params.block, "rate": params.rate, "metrics": metrics, "loss_curve": meta.loss_curve });
+    let result_path = format!("{dir}/result.json");
+    ctx.block_on(job.put(&result_path, serde_json::to_vec_pretty(&result).expect("json").into()))
+        .map_err(TaskError::retryable)?;
+    checkpoints.wait().map_err(TaskError::retryable)?;
+    Ok(TaskOutput {
+        metrics,
+        artifacts: vec![phi_path, result_path],
+        report: true,
+    })
+}

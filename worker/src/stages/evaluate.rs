@@ -1,0 +1,161 @@
+//! Evaluate: how closely the exported student agrees with its teacher on held-out prompts
+//! (METHOD.md section 5: VBench needs models this project cannot run). For each held-out
+//! prompt both models sample from the same seeded noise; the final latents' PSNR (teacher
+//! as reference) says how far the trajectories drift. On the teacher's final latents,
+//! noised at a few sigmas, the relative velocity error says where the student is off.
+//! Written to `evaluate/report.json` and the task's metrics.
+
+use super::TaskContext;
+use super::capture::scheduler;
+use super::data::{self, kind_of};
+use crate::agent::task::{TaskError, TaskOutput};
+use crate::model::WanTransformer;
+use crate::sampler::{self, prompt_seed, seeded_noise};
+use crate::student::Student;
+use serde_json::json;
+use std::collections::BTreeMap;
+use surgery_core::layout;
+use surgery_core::spec::JobSpec;
+use tch::{Kind, Tensor};
+
+pub const SIGMAS: [f64; 5] = [0.1, 0.3, 0.5, 0.7, 0.9];
+
+/// PSNR in dB of `x` against `reference`, with the reference's range as the peak.
+pub fn psnr(x: &Tensor, reference: &Tensor) -> f64 {
+    let r = reference.to_kind(Kind::Double);
+    let mse = (x.to_kind(Kind::Double) - &r)
+        .square()
+        .mean(Kind::Double)
+        .double_value(&[]);
+    let peak = (r.max() - r.min()).double_value(&[]);
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (peak * peak / mse).log10()
+    }
+}
+
+fn sample_with(
+    model: &WanTransformer,
+    spec: &JobSpec,
+    noise: &Tensor,
+    text: &Tensor,
+    negative: Option<&Tensor>,
+) -> Result<Tensor, TaskError> {
+    let kind = model.compute_kind();
+    let mut schedule = scheduler(
+        spec.sampler.scheduler,
+        spec.sampler.shift,
+        spec.stages.evaluate.steps as usize,
+    );
+    sampler::sample(
+        model,
+        noise,
+        &text.to_kind(kind),
+        negative.map(|n| n.to_kind(kind)).as_ref(),
+        spec.sampler.guidance,
+        schedule.as_mut(),
+        &[],
+        &mut |_| {},
+    )
+    .map(|x| x.to_kind(Kind::Float))
+    .map_err(TaskError::retryable)
+}
+
+pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
+    let spec = ctx.spec()?;
+    let job = ctx.job_storage()?;
+    let export_dir = data::strip_job(&layout::export_dir("J"));
+    let local = ctx
+        .cache_dir
+        .join("evaluate")
+        .join(ctx.assignment.job_id.replace('/', "_"));
+    let _ = std::fs::remove_dir_all(&local);
+    ctx.block_on(job.join(&export_dir).download_dir("", &local))
+        .map_err(TaskError::retryable)?;
+    let student = Student::load(&local, ctx.device, kind_of(spec.teacher.dtype)).map_err(TaskError::retryable)?;
+    let (_tvs, teacher) = data::teacher(ctx, &spec)?;
+    let prompts = data::prompts(ctx, &spec)?;
+    let negative = prompts.negative.as_ref().map(|n| n.to_device(ctx.device));
+    // Held-out prompts follow the training ones; with none configured, the first prompt
+    // stands in (and the report says so).
+    let train = spec.data.train_prompts;
+    let heldout: Vec<u32> = if spec.data.heldout_prompts > 0 {
+        (train..train + spec.data.heldout_prompts).collect()
+    } else {
+        ctx.handle.log(
+            "warn",
+            "no held-out prompts configured; evaluating on prompt 0, a training prompt",
+        );
+        vec![0]
+    };
+    let shape = super::export::probe_shape(&spec);
+    let mut psnrs = Vec::new();
+    let mut velocity: Vec<Vec<f64>> = SIGMAS.iter().map(|_| Vec::new()).collect();
+    for (done, index) in heldout.iter().enumerate() {
+        ctx.handle.check()?;
+        let text = prompts.embeds.narrow(0, i64::from(*index), 1).to_device(ctx.device);
+        let noise = seeded_noise(prompt_seed(spec.sampler.seed, u64::from(*index)), &shape, ctx.device);
+        let by_teacher = sample_with(&teacher, &spec, &noise, &text, negative.as_ref())?;
+        let by_student = sample_with(&student.model, &spec, &noise, &text, negative.as_ref())?;
+        psnrs.push(psnr(&by_student, &by_teacher));
+        tch::no_grad(|| {
+            for (i, sigma) in SIGMAS.iter().enumerate() {
+                let x = (&by_teacher * (1.0 - sigma) + &noise * *sigma).to_kind(teacher.compute_kind());
+                let t = Tensor::from_slice(&[(*sigma * 1000.0) as f32]).to_device(ctx.device);
+                let vt = teacher
+                    .forward(&x, &t, &text.to_kind(teacher.compute_kind()))
+                    .to_kind(Kind::Double);
+                let vs = student
+                    .model
+                    .forward(
+                        &x.to_kind(student.model.compute_kind()),
+                        &t,
+                        &text.to_kind(student.model.compute_kind()),
+                    )
+                    .to_kind(Kind::Double);
+                velocity[i].push((&vs - &vt).norm().double_value(&[]) / vt.norm().double_value(&[]));
+            }
+        });
+        ctx.handle
+            .report(done as u64 + 1, heldout.len() as u64, 0, BTreeMap::new(), "evaluating");
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mut metrics = BTreeMap::from([
+        ("latent_psnr_db".to_string(), mean(&psnrs)),
+        ("prompts".to_string(), heldout.len() as f64),
+    ]);
+    for (sigma, errors) in SIGMAS.iter().zip(&velocity) {
+        metrics.insert(format!("velocity_rel_error_sigma_{sigma}"), mean(errors));
+    }
+    let report = json!({
+        "prompts": heldout,
+        "heldout": spec.data.heldout_prompts > 0,
+        "latent_psnr_db": psnrs,
+        "sigmas": SIGMAS,
+        "velocity_relative_error": velocity,
+        "mean": metrics,
+    });
+    let path = "evaluate/report.json".to_string();
+    ctx.block_on(job.put(&path, serde_json::to_vec_pretty(&report).expect("json").into()))
+        .map_err(TaskError::retryable)?;
+    Ok(TaskOutput {
+        metrics,
+        artifacts: vec![path],
+        report: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psnr_of_known_errors() {
+        let reference = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 3.0]);
+        assert_eq!(psnr(&reference, &reference), f64::INFINITY);
+        let off = &reference + 0.1;
+        // peak 3, mse 0.01 -> 10 log10(900) = 29.54 dB
+        assert!((psnr(&off, &reference) - 29.5424).abs() < 1e-3);
+    }
+}

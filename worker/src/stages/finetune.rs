@@ -1,0 +1,368 @@
+//! Fine-tune the whole student (METHOD.md section 4): the teacher's weights with the
+//! selected layout's distilled feature maps, trained end to end with the flow-matching
+//! loss (x_sigma = (1 - sigma) x0 + sigma eps, target eps - x0, t = 1000 sigma) plus the
+//! optional MSE to the teacher's velocity, data-parallel over the gang.
+//!
+//! Determinism across gang sizes: each step takes the next `global_batch` positions of a
+//! seeded sample sequence, and a sample's noise and sigma depend only on its position, so
+//! rank r of W processes positions [r G/W, (r+1) G/W) of the step and the summed gradients
+//! equal one worker's over all G (to fp32 reassociation). Each sample's loss is divided by
+//! G before its backward, so the all-reduced sum is the global mean gradient.
+//!
+//! Rank 0 checkpoints every `checkpoint.every_steps`: the parameters, the fp32 masters,
+//! AdamW's moments, the step and the loss curve; every rank resumes from the newest
+//! complete one. Rank 0 writes the final student to `finetune/final/` and completes.
+
+use super::TaskContext;
+use super::data::{self, kind_of};
+use super::gang::collective_error;
+use crate::agent::task::{StopReason, TaskError, TaskOutput};
+use crate::collective::{Collective, Local};
+use crate::model::WanTransformer;
+use crate::sampler::{SeededRng, seeded_noise};
+use crate::storage::{Checkpointer, Storage, tensors};
+use crate::student::{ConvertedBlock, Student, SurgeryConfig};
+use crate::train::{AdamW, AdamWConfig, MasterWeights, flow_matching_loss, recompute, shift_sigma, timestep_of};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use surgery_core::cost::Rate;
+use surgery_core::layout;
+use surgery_core::spec::{CandidateRate, JobSpec};
+use tch::{Kind, Tensor};
+
+const SEED_ORDER: u64 = 0xF1_0001;
+const SEED_NOISE: u64 = 0xF1_0002;
+const SEED_SIGMA: u64 = 0xF1_0003;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    step: u64,
+    loss_curve: Vec<f64>,
+}
+
+/// The fine-tuning data: latents [C, F, H, W] (f32, CPU) with their prompt embeddings.
+pub struct Dataset {
+    latents: Vec<Tensor>,
+    text: Vec<Tensor>,
+}
+
+impl Dataset {
+    /// The capture stage's final latents with the prompts' embeddings (`finetune_data:
+    /// capture`), or a user's latent shards (`latents` + `prompt_embeds` per file).
+    pub fn load(ctx: &TaskContext, spec: &JobSpec, job: &Storage) -> Result<Dataset, TaskError> {
+        let mut latents = Vec::new();
+        let mut text = Vec::new();
+        if spec.data.finetune_data == "capture" {
+            let prompts = data::prompts(ctx, spec)?;
+            for shard in 0..spec.capture_shards() {
+                let path = data::latents_shard_path(shard);
+                let bytes = ctx.block_on(job.get(&path)).map_err(TaskError::retryable)?;
+                let map = tensors::from_bytes(&bytes).map_err(TaskError::retryable)?;
+                let (Some(l), Some(p)) = (map.get("latents"), map.get("prompt")) else {
+                    return Err(TaskError::Retryable(format!("{path} lacks `latents` or `prompt`")));
+                };
+                for i in 0..l.size()[0] {
+                    latents.push(l.get(i));
+                    text.push(prompts.embeds.get(p.int64_value(&[i])));
+                }
+            }
+        } else {
+            let storage = Storage::from_url(&spec.data.finetune_data).map_err(TaskError::fatal)?;
+            let files = ctx.block_on(storage.list("")).map_err(TaskError::retryable)?;
+            for file in files.iter().filter(|f| f.ends_with(".safetensors")) {
+                let bytes = ctx.block_on(storage.get(file)).map_err(TaskError::retryable)?;
+                let map = tensors::from_bytes(&bytes).map_err(|e| TaskError::Fatal(format!("{file}: {e}")))?;
+                let (Some(l), Some(t)) = (map.get("latents"), map.get("prompt_embeds")) else {
+                    return Err(TaskError::Fatal(format!(
+                        "{file} needs `latents` [n, C, F, H, W] and `prompt_embeds` [n, L, D]"
+                    )));
+                };
+                for i in 0..l.size()[0] {
+                    latents.push(l.get(i).to_kind(Kind::Float));
+                    text.push(t.get(i).to_kind(Kind::Float));
+                }
+            }
+        }
+        if latents.is_empty() {
+            return Err(TaskError::Fatal("the fine-tuning data set is empty".into()));
+        }
+        Ok(Dataset { latents, text })
+    }
+
+    pub fn len(&self) -> usize {
+        self.latents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.latents.is_empty()
+    }
+}
+
+/// The sample at a position of the training sequence: seeded epochs of the data set.
+fn sample_index(seed: u64, position: u64, len: usize) -> usize {
+    let epoch = position / len as u64;
+    let mut order: Vec<usize> = (0..len).collect();
+    let mut rng = SeededRng::new(data::seed_for(seed, SEED_ORDER, epoch, 0));
+    for i in (1..len).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order[(position % len as u64) as usize]
+}
+
+/// The student of the selected layout with the distilled feature maps copied in.
+fn build_student(ctx: &TaskContext, spec: &JobSpec, job: &Storage) -> Result<Student, TaskError> {
+    let converted: Vec<ConvertedBlock> = ctx
+        .assignment
+        .layout
+        .iter()
+        .filter(|b| b.rate != 1)
+        .map(|b| ConvertedBlock {
+            block: b.block,
+            rate: CandidateRate(Rate::from_u32(b.rate)),
+            anchor_pattern: spec.surgery.anchor_pattern,
+        })
+        .collect();
+    if ctx.assignment.layout.is_empty() {
+        return Err(TaskError::Fatal(
+            "the fine-tuning task came without the selected layout".into(),
+        ));
+    }
+    let surgery = SurgeryConfig::new(spec.surgery.feature_map.clone(), converted.clone());
+    let teacher_dir = data::local_model_dir(ctx, &spec.teacher.url)?;
+    let mut student = Student::from_teacher(&teacher_dir, surgery, ctx.device, kind_of(spec.teacher.dtype))
+        .map_err(TaskError::fatal)?;
+    for block in &converted {
+        let path = format!(
+            "{}/phi.safetensors",
+            data::strip_job(&layout::distill_dir("J", block.block, block.rate.0))
+        );
+        let bytes = ctx.block_on(job.get(&path)).map_err(TaskError::retryable)?;
+        let phi = tensors::from_bytes(&bytes).map_err(TaskError::retryable)?;
+        student
+            .set_tensors(phi.iter().map(|(n, t)| (n.as_str(), t)))
+            .map_err(TaskError::fatal)?;
+    }
+    Ok(student)
+}
+
+/// One sample's loss and backward; returns the loss (already divided by G).
+#[allow(clippy::too_many_arguments)]
+fn sample_step(
+    model: &WanTransformer,
+    teacher: Option<&WanTransformer>,
+    x0: &Tensor,
+    text: &Tensor,
+    sigma: f64,
+    noise: &Tensor,
+    spec: &JobSpec,
+    scale: f64,
+) -> f64 {
+    let kind = model.compute_kind();
+    let sigma_t = Tensor::from_slice(&[sigma as f32]).to_device(x0.device());
+    let x_sigma = (x0 * (1.0 - sigma) + noise * sigma).to_kind(kind);
+    let target = noise - x0;
+    let t = timestep_of(&sigma_t);
+    let weight = spec.stages.finetune.teacher_loss_weight;
+    let teacher_v = teacher
+        .filter(|_| weight > 0.0)
+        .map(|t_model| tch::no_grad(|| t_model.forward(&x_sigma, &t, &text.to_kind(kind)).to_kind(Kind::Float)));
+    let loss_of = |out: &Tensor| {
+        let mut loss = flow_matching_loss(out, &target);
+        if let Some(tv) = &teacher_v {
+            loss += flow_matching_loss(out, tv) * weight;
+        }
+        loss * scale
+    };
+    let text = text.to_kind(kind);
+    let loss = if spec.stages.finetune.activation_checkpointing {
+        recompute::forward_backward(model, &x_sigma, &t, &text, loss_of)
+    } else {
+        let loss = loss_of(&model.forward(&x_sigma, &t, &text));
+        loss.backward();
+        loss.detach()
+    };
+    loss.double_value(&[])
+}
+
+pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
+    let spec = ctx.spec()?;
+    let job = ctx.job_storage()?;
+    let ft = &spec.stages.finetune;
+    let (rank, world) = ctx.gang.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
+    let global = ft.global_batch as usize;
+    if !global.is_multiple_of(world) {
+        return Err(TaskError::Fatal(format!(
+            "global batch {global} does not split over {world} workers"
+        )));
+    }
+    let local = global / world;
+
+    let student = build_student(ctx, &spec, &job)?;
+    let teacher = if ft.teacher_loss_weight > 0.0 {
+        Some(data::teacher(ctx, &spec)?.1)
+    } else {
+        None
+    };
+    let dataset = Dataset::load(ctx, &spec, &job)?;
+    let mut named: Vec<(String, Tensor)> = student.vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut masters = MasterWeights::new(named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect())
+        .map_err(TaskError::fatal)?;
+    let mut optimizer = AdamW::new(
+        masters.optimizer_params(),
+        AdamWConfig {
+            lr: ft.lr,
+            weight_decay: ft.weight_decay,
+            ..AdamWConfig::default()
+        },
+    )
+    .map_err(TaskError::fatal)?;
+    let dir = data::strip_job(&layout::finetune_dir("J"));
+    let checkpoints = Checkpointer::new(
+        job.clone(),
+        &dir,
+        spec.checkpoint.keep_last as usize,
+        ctx.runtime.clone(),
+    );
+
+    let mut meta = Meta::default();
+    if let Some(restored) = checkpoints.latest().map_err(TaskError::retryable)? {
+        meta = serde_json::from_value(restored.meta).map_err(|e| TaskError::Fatal(format!("checkpoint meta: {e}")))?;
+        let state = tensors::from_bytes(&restored.files["state.safetensors"]).map_err(TaskError::retryable)?;
+        tch::no_grad(|| {
+            for (name, param) in &named {
+                let saved = state
+                    .get(name)
+                    .ok_or_else(|| TaskError::Fatal(format!("the checkpoint lacks {name}")))?;
+                let mut param = param.shallow_clone();
+                param.copy_(saved);
+            }
+            Ok::<(), TaskError>(())
+        })?;
+        masters.load_state_dict(&state).map_err(TaskError::fatal)?;
+        optimizer.load_state_dict(&state).map_err(TaskError::fatal)?;
+        ctx.handle
+            .log("info", format!("resumed from the checkpoint at step {}", meta.step));
+    }
+
+    let mut collective: Box<dyn Collective> = match &ctx.gang {
+        Some(gang) => gang.connect(ctx, ctx.device)?,
+        None => Box::new(Local),
+    };
+    let save = |meta: &Meta, masters: &MasterWeights, optimizer: &AdamW| -> Result<(), TaskError> {
+        let mut state: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        state.extend(masters.state_dict());
+        state.extend(optimizer.state_dict());
+        let refs: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        checkpoints
+            .save(
+                meta.step,
+                vec![("state.safetensors".into(), tensors::to_bytes(&refs))],
+                serde_json::to_value(meta).expect("meta"),
+            )
+            .map_err(TaskError::retryable)
+    };
+
+    let total = u64::from(ft.steps);
+    let every = u64::from(spec.checkpoint.every_steps);
+    let seed = spec.sampler.seed;
+    let first_step = meta.step;
+    let grads: Vec<Tensor> = named.iter().map(|(_, p)| p.shallow_clone()).collect();
+    for step in meta.step..total {
+        if let Some(reason) = ctx.handle.stop_requested() {
+            if reason == StopReason::Preempted && rank == 0 && meta.step > first_step {
+                save(&meta, &masters, &optimizer)?;
+                checkpoints.wait().map_err(TaskError::retryable)?;
+            }
+            return Err(TaskError::Stopped(reason));
+        }
+        let mut local_loss = 0.0;
+        for j in 0..local {
+            let position = step * global as u64 + (rank * local + j) as u64;
+            let index = sample_index(seed, position, dataset.len());
+            let x0 = dataset.latents[index].unsqueeze(0).to_device(ctx.device);
+            let text = dataset.text[index].unsqueeze(0).to_device(ctx.device);
+            let noise = seeded_noise(data::seed_for(seed, SEED_NOISE, position, 0), &x0.size(), ctx.device);
+            let u = SeededRng::new(data::seed_for(seed, SEED_SIGMA, position, 0)).uniform_open();
+            let sigma = shift_sigma(u, spec.sampler.shift);
+            local_loss += sample_step(
+                &student.model,
+                teacher.as_ref(),
+                &x0,
+                &text,
+                sigma,
+                &noise,
+                &spec,
+                1.0 / global as f64,
+            );
+        }
+        // Sum gradients (and the loss, for reporting) over the gang.
+        let loss_t = Tensor::from_slice(&[local_loss])
+            .to_device(ctx.device)
+            .to_kind(Kind::Float);
+        if world > 1 {
+            let mut to_reduce: Vec<Tensor> = grads.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+            to_reduce.push(loss_t.shallow_clone());
+            collective.all_reduce_sum(&to_reduce).map_err(collective_error)?;
+        }
+        let loss = loss_t.double_value(&[0]);
+        if !loss.is_finite() {
+            return Err(TaskError::Fatal(format!(
+                "the fine-tuning loss is {loss} at step {step}; lower stages.finetune.lr"
+            )));
+        }
+        let clip = (ft.grad_clip > 0.0).then_some(ft.grad_clip);
+        masters.step(&mut optimizer, clip).map_err(TaskError::fatal)?;
+        masters.zero_grad();
+        meta.loss_curve.push(loss);
+        meta.step = step + 1;
+        ctx.handle.report(
+            meta.step,
+            total,
+            first_step,
+            BTreeMap::from([("loss".to_string(), loss)]),
+            "fine-tuning",
+        );
+        if rank == 0 && meta.step % every == 0 && meta.step < total {
+            save(&meta, &masters, &optimizer)?;
+        }
+    }
+    collective.barrier().map_err(collective_error)?;
+    if rank != 0 {
+        return Ok(TaskOutput::default());
+    }
+
+    // The final student, for export.
+    let final_dir = format!("{dir}/final");
+    let local = tempfile::tempdir().map_err(TaskError::retryable)?;
+    student.save(local.path()).map_err(TaskError::retryable)?;
+    let mut artifacts = Vec::new();
+    for entry in std::fs::read_dir(local.path()).map_err(TaskError::retryable)? {
+        let entry = entry.map_err(TaskError::retryable)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let bytes = std::fs::read(entry.path()).map_err(TaskError::retryable)?;
+        let path = format!("{final_dir}/{name}");
+        ctx.block_on(job.put(&path, bytes.into()))
+            .map_err(TaskError::retryable)?;
+        artifacts.push(path);
+    }
+    let curve_path = format!("{dir}/loss_curve.json");
+    ctx.block_on(job.put(&curve_path, serde_json::to_vec(&meta.loss_curve).expect("json").into()))
+        .map_err(TaskError::retryable)?;
+    artifacts.push(curve_path);
+    checkpoints.wait().map_err(TaskError::retryable)?;
+    Ok(TaskOutput {
+        metrics: BTreeMap::from([
+            (
+                "final_loss".to_string(),
+                meta.loss_curve.last().copied().unwrap_or(f64::NAN),
+            ),
+            ("steps".to_string(), meta.step as f64),
+            ("samples".to_string(), dataset.len() as f64),
+            ("workers".to_string(), world as f64),
+        ]),
+        artifacts,
+        report: true,
+    })
+}
