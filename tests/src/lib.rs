@@ -392,3 +392,110 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A worker (`surgery-worker run`) as a child process, logging to a file.
+pub struct WorkerProcess {
+    child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn start(binary: &Path, coordinator: &Coordinator, name: &str, dir: &Path) -> anyhow::Result<WorkerProcess> {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(binary)
+            .args([
+                "run",
+                "--coordinator",
+                &coordinator.url(),
+                "--name",
+                name,
+                "--device",
+                "cpu",
+                "--cache-dir",
+                &dir.join(format!("cache-{name}")).display().to_string(),
+                "--collective-timeout",
+                "5s",
+                "--lease-wait",
+                "2s",
+            ])
+            .env_remove("SURGERY_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(WorkerProcess {
+            child,
+            name: name.to_string(),
+            log,
+        })
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes the tiny teacher and prompts with `surgery-worker init-demo` into `dir` and
+/// returns configs/tiny.yaml pointing at them (absolute URLs, so every process agrees),
+/// renamed and with `replacements` applied.
+pub fn tiny_job(worker: &Path, dir: &Path, name: &str, replacements: &[(&str, &str)]) -> anyhow::Result<String> {
+    if !dir.join("models/tiny-teacher/config.json").exists() {
+        let out = Command::new(worker)
+            .args(["init-demo", "--dir", &dir.display().to_string()])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "init-demo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let teacher = format!("file://{}/models/tiny-teacher", dir.display());
+    let prompts = format!("file://{}/data/prompts.safetensors", dir.display());
+    let mut all: Vec<(&str, &str)> = vec![
+        ("file://.demo/models/tiny-teacher", teacher.as_str()),
+        ("file://.demo/data/prompts.safetensors", prompts.as_str()),
+    ];
+    all.extend_from_slice(replacements);
+    Ok(tiny_spec(name, &all))
+}
+
+/// Polls the job until it ends (or `limit` passes) and returns its final view.
+pub async fn wait_for_job(
+    jobs: &mut JobServiceClient<Channel>,
+    job_id: &str,
+    limit: Duration,
+) -> anyhow::Result<pb::GetJobResponse> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(view) = get_job(jobs, job_id).await {
+            let state = view.job.as_ref().map(|j| j.state()).unwrap_or_default();
+            if matches!(
+                state,
+                pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
+            ) {
+                return Ok(view);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("job {job_id} did not end within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

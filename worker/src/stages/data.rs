@@ -307,6 +307,16 @@ pub fn strip_job(path: &str) -> String {
     path.strip_prefix("jobs/J/").expect("a job path").to_string()
 }
 
+/// Runs `init` with LibTorch's global generator seeded: parameter initialisation draws from
+/// it, and a worker runs tasks on several threads, so the seed and the draws happen under
+/// one lock - the same task initialises the same way whatever ran before it.
+pub fn with_torch_seed<T>(seed: u64, init: impl FnOnce() -> T) -> T {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(seed as i64);
+    init()
+}
+
 /// A seed for (job seed, purpose, a, b): independent streams per task and use.
 pub fn seed_for(job_seed: u64, purpose: u64, a: u64, b: u64) -> u64 {
     let mut rng = crate::sampler::SeededRng::new(job_seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15));

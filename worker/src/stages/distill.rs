@@ -162,17 +162,26 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     };
 
     // The feature maps, fp32 for the optimiser, named as the student names them.
+    // Seeded so the untrained maps - and hence the whole run - repeat exactly.
     let vs = VarStore::new(ctx.device);
-    let hybrid = HybridAttention::new(
-        &(vs.root() / "blocks" / block as i64 / "attn1"),
-        HybridConfig::from_spec(
-            &spec.surgery.feature_map,
-            cfg.num_attention_heads,
-            cfg.attention_head_dim,
-            rate,
-            spec.surgery.anchor_pattern,
-        ),
+    let init_seed = data::seed_for(
+        spec.sampler.seed,
+        SEED_PURPOSE + 1,
+        u64::from(params.block),
+        u64::from(params.rate),
     );
+    let hybrid = data::with_torch_seed(init_seed, || {
+        HybridAttention::new(
+            &(vs.root() / "blocks" / block as i64 / "attn1"),
+            HybridConfig::from_spec(
+                &spec.surgery.feature_map,
+                cfg.num_attention_heads,
+                cfg.attention_head_dim,
+                rate,
+                spec.surgery.anchor_pattern,
+            ),
+        )
+    });
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let distill = &spec.stages.distill;

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    surgery_worker::cli::main()
+}
