@@ -499,3 +499,23 @@ pub async fn wait_for_job(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+impl WorkerProcess {
+    /// SIGTERM, then the exit status once it is gone.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("worker {} ignored SIGTERM for 60 s", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

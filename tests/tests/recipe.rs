@@ -387,3 +387,58 @@ async fn killed_workers_and_coordinator_change_nothing() {
         "a lost gang member is not a counted failure"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_checkpoints_and_releases_the_lease_as_a_preemption() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 1);
+    let yaml = tiny_job(
+        worker_bin(),
+        dir.path(),
+        "term",
+        &[
+            ("height: 64", "height: 128"),
+            ("width: 96", "width: 192"),
+            ("    steps: 100", "    steps: 400"),
+            ("finetune_workers: 2", "finetune_workers: 1"),
+            ("every_steps: 10", "every_steps: 1000"),
+        ],
+    )
+    .unwrap();
+    let mut jobs = cluster.coordinator.jobs().await.unwrap();
+    let job = submit(&mut jobs, "term", &yaml).await.unwrap().job.unwrap().id;
+    // Wait for a distill task well under way (no periodic checkpoint: every 1000 steps).
+    let task = loop {
+        let view = get_job(&mut jobs, &job).await.unwrap();
+        let busy = view.tasks.iter().find(|t| {
+            t.stage() == pb::Stage::Distill
+                && t.state() == pb::TaskState::Running
+                && t.progress.as_ref().is_some_and(|p| p.step >= 20)
+        });
+        if let Some(t) = busy {
+            break t.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let status = cluster.workers[0].terminate().unwrap();
+    assert!(
+        status.success(),
+        "the worker exits cleanly on SIGTERM: {status}\n{}",
+        cluster.logs()
+    );
+    let t = task_view(&mut jobs, &job, &task).await.unwrap();
+    assert_eq!(t.state(), pb::TaskState::Pending, "{t:?}");
+    assert_eq!(t.failure_class(), pb::FailureClass::Preempted, "{}", t.failure);
+    assert_eq!((t.retries_used, t.interruptions), (0, 1));
+
+    // A new worker resumes from the checkpoint written at preemption, not from scratch.
+    cluster.add_worker("w-after");
+    let view = wait_for_job(&mut jobs, &job, LIMIT).await.unwrap();
+    assert_succeeded(&view, &cluster);
+    let resumed = resumed_at(&mut jobs, &job, &task).await;
+    assert!(
+        resumed.first().is_some_and(|s| *s >= 20),
+        "resumed at {resumed:?}:\n{}",
+        cluster.logs()
+    );
+}

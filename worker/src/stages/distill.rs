@@ -17,7 +17,7 @@ use crate::attention::hybrid::{HybridAttention, HybridConfig};
 use crate::attention::score_loss::attention_score_loss;
 use crate::attention::{TokenGrid, softmax_attention};
 use crate::model::{Rope, WanTransformer};
-use crate::storage::{Checkpointer, tensors};
+use crate::storage::{Checkpointer, SnapshotWriter, tensors};
 use crate::train::{AdamW, AdamWConfig, MasterWeights, value_distillation_loss};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -199,12 +199,12 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     .map_err(TaskError::fatal)?;
 
     let dir = data::strip_job(&layout::distill_dir("J", params.block, rate));
-    let checkpoints = Checkpointer::new(
+    let checkpoints = SnapshotWriter::new(Checkpointer::new(
         job.clone(),
         &dir,
         spec.checkpoint.keep_last as usize,
         ctx.runtime.clone(),
-    );
+    ));
     let cache = BlockCache::new(&job, &spec, params.block);
     let batch = distill.batch as usize;
 
@@ -265,18 +265,15 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     }
     let mut prefetch = cache.prefetch(ctx.runtime.clone(), shard_order);
 
-    let save = |meta: &Meta, optimizer: &AdamW| -> Result<(), TaskError> {
+    let save = |meta: &Meta, optimizer: &AdamW| {
         let mut state: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
         state.extend(optimizer.state_dict());
-        let refs: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let bytes = tensors::to_bytes(&refs);
-        checkpoints
-            .save(
-                meta.step,
-                vec![("state.safetensors".into(), bytes)],
-                serde_json::to_value(meta).expect("meta"),
-            )
-            .map_err(TaskError::retryable)
+        checkpoints.save(
+            meta.step,
+            "state.safetensors",
+            &state,
+            serde_json::to_value(meta).expect("meta"),
+        );
     };
 
     let first_step = meta.step;
@@ -284,8 +281,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     for step in meta.step..total {
         if let Some(reason) = ctx.handle.stop_requested() {
             if reason == StopReason::Preempted && meta.step > first_step {
-                save(&meta, &optimizer)?;
-                checkpoints.wait().map_err(TaskError::retryable)?;
+                save(&meta, &optimizer);
+                checkpoints.flush().map_err(TaskError::retryable)?;
             }
             return Err(TaskError::Stopped(reason));
         }
@@ -322,7 +319,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             "distilling",
         );
         if meta.step % every == 0 && meta.step < total {
-            save(&meta, &optimizer)?;
+            save(&meta, &optimizer);
         }
     }
     drop(prefetch);
@@ -361,7 +358,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let result_path = format!("{dir}/result.json");
     ctx.block_on(job.put(&result_path, serde_json::to_vec_pretty(&result).expect("json").into()))
         .map_err(TaskError::retryable)?;
-    checkpoints.wait().map_err(TaskError::retryable)?;
+    checkpoints.flush().map_err(TaskError::retryable)?;
     Ok(TaskOutput {
         metrics,
         artifacts: vec![phi_path, result_path],

@@ -20,7 +20,7 @@ use crate::agent::task::{StopReason, TaskError, TaskOutput};
 use crate::collective::{Collective, Local};
 use crate::model::WanTransformer;
 use crate::sampler::{SeededRng, seeded_noise};
-use crate::storage::{Checkpointer, Storage, tensors};
+use crate::storage::{Checkpointer, SnapshotWriter, Storage, tensors};
 use crate::student::{ConvertedBlock, Student, SurgeryConfig};
 use crate::train::{AdamW, AdamWConfig, MasterWeights, flow_matching_loss, recompute, shift_sigma, timestep_of};
 use serde::{Deserialize, Serialize};
@@ -219,28 +219,28 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     )
     .map_err(TaskError::fatal)?;
     let dir = data::strip_job(&layout::finetune_dir("J"));
-    let checkpoints = Checkpointer::new(
+    let checkpoints = SnapshotWriter::new(Checkpointer::new(
         job.clone(),
         &dir,
         spec.checkpoint.keep_last as usize,
         ctx.runtime.clone(),
-    );
+    ));
 
     let mut meta = Meta::default();
     if let Some(restored) = checkpoints.latest().map_err(TaskError::retryable)? {
         meta = serde_json::from_value(restored.meta).map_err(|e| TaskError::Fatal(format!("checkpoint meta: {e}")))?;
         let state = tensors::from_bytes(&restored.files["state.safetensors"]).map_err(TaskError::retryable)?;
+        // Parameters with an fp32 master are restored from it (rounded); the others as saved.
         tch::no_grad(|| {
             for (name, param) in &named {
-                let saved = state
-                    .get(name)
-                    .ok_or_else(|| TaskError::Fatal(format!("the checkpoint lacks {name}")))?;
-                let mut param = param.shallow_clone();
-                param.copy_(saved);
+                if let Some(saved) = state.get(name) {
+                    let mut param = param.shallow_clone();
+                    param.copy_(saved);
+                }
             }
-            Ok::<(), TaskError>(())
-        })?;
+        });
         masters.load_state_dict(&state).map_err(TaskError::fatal)?;
+        masters.sync_params();
         optimizer.load_state_dict(&state).map_err(TaskError::fatal)?;
         ctx.handle
             .log("info", format!("resumed from the checkpoint at step {}", meta.step));
@@ -250,18 +250,27 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         Some(gang) => gang.connect(ctx, ctx.device)?,
         None => Box::new(Local),
     };
-    let save = |meta: &Meta, masters: &MasterWeights, optimizer: &AdamW| -> Result<(), TaskError> {
-        let mut state: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    // The training state: the fp32 masters (they restore the bf16 parameters exactly), the
+    // parameters that have none, and AdamW's moments and step counts.
+    let save = |meta: &Meta, masters: &MasterWeights, optimizer: &AdamW| {
+        let mastered: std::collections::HashSet<String> = masters
+            .state_dict()
+            .into_iter()
+            .map(|(n, _)| n.trim_start_matches("master.").to_string())
+            .collect();
+        let mut state: Vec<(String, Tensor)> = named
+            .iter()
+            .filter(|(n, _)| !mastered.contains(n))
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
         state.extend(masters.state_dict());
         state.extend(optimizer.state_dict());
-        let refs: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        checkpoints
-            .save(
-                meta.step,
-                vec![("state.safetensors".into(), tensors::to_bytes(&refs))],
-                serde_json::to_value(meta).expect("meta"),
-            )
-            .map_err(TaskError::retryable)
+        checkpoints.save(
+            meta.step,
+            "state.safetensors",
+            &state,
+            serde_json::to_value(meta).expect("meta"),
+        );
     };
 
     let total = u64::from(ft.steps);
@@ -272,8 +281,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     for step in meta.step..total {
         if let Some(reason) = ctx.handle.stop_requested() {
             if reason == StopReason::Preempted && rank == 0 && meta.step > first_step {
-                save(&meta, &masters, &optimizer)?;
-                checkpoints.wait().map_err(TaskError::retryable)?;
+                save(&meta, &masters, &optimizer);
+                checkpoints.flush().map_err(TaskError::retryable)?;
             }
             return Err(TaskError::Stopped(reason));
         }
@@ -325,7 +334,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             "fine-tuning",
         );
         if rank == 0 && meta.step % every == 0 && meta.step < total {
-            save(&meta, &masters, &optimizer)?;
+            save(&meta, &masters, &optimizer);
         }
     }
     collective.barrier().map_err(collective_error)?;
@@ -351,7 +360,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     ctx.block_on(job.put(&curve_path, serde_json::to_vec(&meta.loss_curve).expect("json").into()))
         .map_err(TaskError::retryable)?;
     artifacts.push(curve_path);
-    checkpoints.wait().map_err(TaskError::retryable)?;
+    checkpoints.flush().map_err(TaskError::retryable)?;
     Ok(TaskOutput {
         metrics: BTreeMap::from([
             (

@@ -8,11 +8,15 @@
 //!   does not wait on the network), made visible by a manifest written last, verified by
 //!   sha256 on load with fallback to the previous checkpoint, and keep-last-K retention.
 //! - [`tensors`]: named tensors to and from safetensors bytes, the snapshot format.
+//! - [`snapshot`]: [`SnapshotWriter`], a device-side copy of the training state handed to a
+//!   writer thread, so a checkpoint costs the training loop a copy, not a host transfer.
 
 pub mod checkpoint;
+pub mod snapshot;
 pub mod store;
 pub mod tensors;
 
 pub use checkpoint::{CheckpointError, Checkpointer, FileEntry, MANIFEST_FILE, Manifest, Restored, SkippedCheckpoint};
+pub use snapshot::SnapshotWriter;
 pub use store::{DEFAULT_PART_SIZE, DownloadSummary, MIN_PART_SIZE, Storage, StorageError};
 pub use tensors::{TensorBytesError, from_bytes, to_bytes, try_to_bytes};
