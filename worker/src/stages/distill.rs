@@ -41,25 +41,25 @@ struct Meta {
 }
 
 /// q, k, v of a batch and the teacher's attention output: computed once, used U times.
-struct Batch {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    target: Tensor,
+pub struct Batch {
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub target: Tensor,
 }
 
 /// The frozen teacher block whose attention is being imitated.
-struct TeacherBlock<'a> {
-    model: &'a WanTransformer,
-    block: usize,
-    rope: &'a Rope,
-    grid: TokenGrid,
-    device: Device,
+pub struct TeacherBlock<'a> {
+    pub model: &'a WanTransformer,
+    pub block: usize,
+    pub rope: &'a Rope,
+    pub grid: TokenGrid,
+    pub device: Device,
 }
 
 impl TeacherBlock<'_> {
     /// Recomputes the block's attention inputs and the teacher output from cached rows.
-    fn batch(&self, shard_rows: &[(Tensor, Tensor)]) -> Batch {
+    pub fn batch(&self, shard_rows: &[(Tensor, Tensor)]) -> Batch {
         tch::no_grad(|| {
             let stack = |pick: fn(&(Tensor, Tensor)) -> &Tensor| {
                 Tensor::cat(
@@ -78,7 +78,8 @@ impl TeacherBlock<'_> {
     }
 }
 
-fn rows(shard: &Shard, index: usize) -> (Tensor, Tensor) {
+/// One cached sample's (hidden, timestep_proj) rows.
+pub fn rows(shard: &Shard, index: usize) -> (Tensor, Tensor) {
     let i = index as i64;
     (shard.hidden.narrow(0, i, 1), shard.timestep_proj.narrow(0, i, 1))
 }
@@ -263,7 +264,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             shard_order.push(*s);
         }
     }
-    let mut prefetch = cache.prefetch(ctx.runtime.clone(), shard_order);
+    let mut prefetch = cache.prefetch(ctx.runtime.clone(), shard_order, ctx.device);
 
     let save = |meta: &Meta, optimizer: &AdamW| {
         let mut state: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
