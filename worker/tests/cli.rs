@@ -230,8 +230,17 @@ fn model_bench_phases_run_in_smoke_mode() {
 /// The runtime benchmark's phases run too (CPU, toy sizes).
 #[test]
 fn runtime_bench_phases_run_in_smoke_mode() {
-    for phase in [&["capture-step"][..], &["distill"], &["stall"], &["finetune", "--world", "1"]] {
-        let run = Command::new(env!("CARGO_BIN_EXE_runtime-bench")).args(phase).arg("--smoke").output().unwrap();
+    for phase in [
+        &["capture-step"][..],
+        &["distill"],
+        &["stall"],
+        &["finetune", "--world", "1"],
+    ] {
+        let run = Command::new(env!("CARGO_BIN_EXE_runtime-bench"))
+            .args(phase)
+            .arg("--smoke")
+            .output()
+            .unwrap();
         assert!(run.status.success(), "{phase:?}: {}", stderr(&run));
         let stdout = String::from_utf8_lossy(&run.stdout);
         let value: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();

@@ -237,16 +237,11 @@ fn resolution(name: &str) -> (i64, i64, i64) {
 }
 
 fn config() -> WanConfig {
-    let mut cfg = WanConfig::wan21_t2v_1_3b();
     if smoke() {
-        cfg.num_layers = 2;
-        cfg.num_attention_heads = 2;
-        cfg.attention_head_dim = 12;
-        cfg.ffn_dim = 32;
-        cfg.text_dim = 16;
-        cfg.freq_dim = 16;
+        WanConfig::toy()
+    } else {
+        WanConfig::wan21_t2v_1_3b()
     }
-    cfg
 }
 
 fn teacher() -> (VarStore, WanTransformer) {

@@ -28,7 +28,9 @@ use surgery_worker::sampler::{self, Capture, Denoiser, NoCapture};
 use surgery_worker::stages::data::{BlockCache, cache_shard_path};
 use surgery_worker::stages::distill::{TeacherBlock, rows};
 use surgery_worker::storage::{Checkpointer, SnapshotWriter, Storage, tensors};
-use surgery_worker::train::{AdamW, AdamWConfig, MasterWeights, flow_matching_loss, recompute, value_distillation_loss};
+use surgery_worker::train::{
+    AdamW, AdamWConfig, MasterWeights, flow_matching_loss, recompute, value_distillation_loss,
+};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -58,16 +60,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn config() -> WanConfig {
-    let mut cfg = WanConfig::wan21_t2v_1_3b();
     if smoke() {
-        cfg.num_layers = 2;
-        cfg.num_attention_heads = 2;
-        cfg.attention_head_dim = 12;
-        cfg.ffn_dim = 32;
-        cfg.text_dim = 16;
-        cfg.freq_dim = 16;
+        WanConfig::toy()
+    } else {
+        WanConfig::wan21_t2v_1_3b()
     }
-    cfg
 }
 
 /// (latent frames, height, width) at 480p.
@@ -158,12 +155,14 @@ fn distill() {
     };
     // A cache of 16 samples for block 0 in 8 shards, as the capture stage writes it.
     let dir = tempfile::tempdir().expect("temp dir");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let store = Storage::from_url(&dir.path().display().to_string()).unwrap();
-    let yaml = format!(
-        "version: 1\nname: bench\nteacher:\n  url: /none\n  preset: wan2.1-t2v-1.3b\ndata:\n  prompts: /none\n  train_prompts: 8\n  prompts_per_shard: 1\nvideo: {{frames: 81, height: 480, width: 832}}\nstages:\n  capture:\n    steps: [0, 10]\n  distill:\n    heldout_fraction: 0.05\n"
-    );
-    let spec = JobSpec::parse(&yaml).unwrap();
+    let yaml = "version: 1\nname: bench\nteacher:\n  url: /none\n  preset: wan2.1-t2v-1.3b\ndata:\n  prompts: /none\n  train_prompts: 8\n  prompts_per_shard: 1\nvideo: {frames: 81, height: 480, width: 832}\nstages:\n  capture:\n    steps: [0, 10]\n  distill:\n    heldout_fraction: 0.05\n";
+    let spec = JobSpec::parse(yaml).unwrap();
     let tokens = grid.tokens();
     let mut resident = Vec::new();
     let shards = 8u32;
@@ -179,7 +178,13 @@ fn distill() {
     let vs = VarStore::new(dev);
     let hybrid = HybridAttention::new(
         &(vs.root() / "blocks" / 0 / "attn1"),
-        HybridConfig::from_spec(&fmap(), cfg.num_attention_heads, cfg.attention_head_dim, Rate::Hybrid(4), AnchorPattern::Strided),
+        HybridConfig::from_spec(
+            &fmap(),
+            cfg.num_attention_heads,
+            cfg.attention_head_dim,
+            Rate::Hybrid(4),
+            AnchorPattern::Strided,
+        ),
     );
     let named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     let masters = MasterWeights::new(named).unwrap();
@@ -240,7 +245,13 @@ fn student(dev: Device) -> (VarStore, WanTransformer, MasterWeights, AdamW) {
     for block in 0..(cfg.num_layers / 2) as usize {
         let core = HybridAttention::new(
             &(vs.root() / "blocks" / block as i64 / "attn1"),
-            HybridConfig::from_spec(&fmap(), cfg.num_attention_heads, cfg.attention_head_dim, Rate::Hybrid(2), AnchorPattern::Strided),
+            HybridConfig::from_spec(
+                &fmap(),
+                cfg.num_attention_heads,
+                cfg.attention_head_dim,
+                Rate::Hybrid(2),
+                AnchorPattern::Strided,
+            ),
         );
         model.set_self_attention(block, SelfAttention::Hybrid(core));
     }
@@ -248,7 +259,14 @@ fn student(dev: Device) -> (VarStore, WanTransformer, MasterWeights, AdamW) {
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let masters = MasterWeights::new(named).unwrap();
-    let optimizer = AdamW::new(masters.optimizer_params(), AdamWConfig { lr: 1e-5, ..AdamWConfig::default() }).unwrap();
+    let optimizer = AdamW::new(
+        masters.optimizer_params(),
+        AdamWConfig {
+            lr: 1e-5,
+            ..AdamWConfig::default()
+        },
+    )
+    .unwrap();
     (vs, model, masters, optimizer)
 }
 
@@ -289,7 +307,11 @@ fn stall() {
     let grads: Vec<Tensor> = vs.variables().into_values().collect();
     let batch = sample(dev);
     let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let store = Storage::from_url(&dir.path().display().to_string()).unwrap();
     let writer = SnapshotWriter::new(Checkpointer::new(store, "ckpt", 1, runtime.handle().clone()));
     let mut local = Local;
@@ -309,7 +331,9 @@ fn stall() {
         (start.elapsed().as_secs_f64() * 1e3, save_ms)
     };
     timed(&masters, &mut optimizer, &mut local, None);
-    let plain: Vec<f64> = (0..3).map(|_| timed(&masters, &mut optimizer, &mut local, None).0).collect();
+    let plain: Vec<f64> = (0..3)
+        .map(|_| timed(&masters, &mut optimizer, &mut local, None).0)
+        .collect();
     let mut with = Vec::new();
     let mut save_calls = Vec::new();
     for step in 1..=2u64 {
@@ -346,7 +370,14 @@ fn finetune(world: usize, rank: Option<usize>, dir: Option<PathBuf>) {
         let children: Vec<_> = (0..world)
             .map(|r| {
                 let mut cmd = std::process::Command::new(&exe);
-                cmd.args(["finetune", "--world", &world.to_string(), "--rank", &r.to_string(), "--dir"]);
+                cmd.args([
+                    "finetune",
+                    "--world",
+                    &world.to_string(),
+                    "--rank",
+                    &r.to_string(),
+                    "--dir",
+                ]);
                 cmd.arg(dir.path());
                 if smoke() {
                     cmd.arg("--smoke");
@@ -354,7 +385,11 @@ fn finetune(world: usize, rank: Option<usize>, dir: Option<PathBuf>) {
                 cmd.env("NCCL_NVLS_ENABLE", "0")
                     .env("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
                     .env("NVSHMEM_DISABLE_NVLS", "1")
-                    .stdout(if r == 0 { std::process::Stdio::inherit() } else { std::process::Stdio::null() })
+                    .stdout(if r == 0 {
+                        std::process::Stdio::inherit()
+                    } else {
+                        std::process::Stdio::null()
+                    })
                     .spawn()
                     .unwrap()
             })
@@ -412,7 +447,12 @@ fn main() {
     surgery_worker::runtime::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     SMOKE.set(args.iter().any(|a| a == "--smoke")).unwrap();
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     if !smoke() {
         assert!(tch::Cuda::is_available(), "runtime-bench needs CUDA (or --smoke)");
     }

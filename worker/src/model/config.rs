@@ -199,6 +199,20 @@ impl WanConfig {
     }
 
     /// Wan2.1 T2V 1.3B (METHOD.md section 6), as in its diffusers `config.json`.
+    /// A toy model of Wan's architecture (2 blocks, 2 heads of 12) for smoke tests and
+    /// benchmark dry runs on a CPU.
+    pub fn toy() -> Self {
+        WanConfig {
+            num_layers: 2,
+            num_attention_heads: 2,
+            attention_head_dim: 12,
+            ffn_dim: 32,
+            text_dim: 16,
+            freq_dim: 16,
+            ..Self::wan21_t2v_1_3b()
+        }
+    }
+
     pub fn wan21_t2v_1_3b() -> Self {
         WanConfig {
             patch_size: [1, 2, 2],

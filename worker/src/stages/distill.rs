@@ -12,13 +12,14 @@
 
 use super::TaskContext;
 use super::data::{self, BlockCache, Shard};
+use super::trainer::Trainer;
 use crate::agent::task::{StopReason, TaskError, TaskOutput};
 use crate::attention::hybrid::{HybridAttention, HybridConfig};
 use crate::attention::score_loss::attention_score_loss;
 use crate::attention::{TokenGrid, softmax_attention};
 use crate::model::{Rope, WanTransformer};
 use crate::storage::{Checkpointer, SnapshotWriter, tensors};
-use crate::train::{AdamW, AdamWConfig, MasterWeights, value_distillation_loss};
+use crate::train::value_distillation_loss;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -183,21 +184,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             ),
         )
     });
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
     let distill = &spec.stages.distill;
-    // fp32 parameters: no master copies, but the same step and zero_grad as fine-tuning.
-    let masters = MasterWeights::new(named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect())
-        .map_err(TaskError::fatal)?;
-    let mut optimizer = AdamW::new(
-        masters.optimizer_params(),
-        AdamWConfig {
-            lr: distill.lr,
-            weight_decay: distill.weight_decay,
-            ..AdamWConfig::default()
-        },
-    )
-    .map_err(TaskError::fatal)?;
+    // fp32 parameters: no master copies, but the same step as fine-tuning.
+    let mut trainer = Trainer::new(&vs, distill.lr, distill.weight_decay)?;
 
     let dir = data::strip_job(&layout::distill_dir("J", params.block, rate));
     let checkpoints = SnapshotWriter::new(Checkpointer::new(
@@ -216,17 +205,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             meta =
                 serde_json::from_value(restored.meta).map_err(|e| TaskError::Fatal(format!("checkpoint meta: {e}")))?;
             let state = tensors::from_bytes(&restored.files["state.safetensors"]).map_err(TaskError::retryable)?;
-            tch::no_grad(|| {
-                for (name, param) in &named {
-                    let saved = state
-                        .get(name)
-                        .ok_or_else(|| TaskError::Fatal(format!("checkpoint lacks {name}")))?;
-                    let mut param = param.shallow_clone();
-                    param.copy_(saved);
-                }
-                Ok::<(), TaskError>(())
-            })?;
-            optimizer.load_state_dict(&state).map_err(TaskError::fatal)?;
+            trainer.restore(&state)?;
             ctx.handle
                 .log("info", format!("resumed from the checkpoint at step {}", meta.step));
         }
@@ -266,13 +245,11 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     }
     let mut prefetch = cache.prefetch(ctx.runtime.clone(), shard_order, ctx.device);
 
-    let save = |meta: &Meta, optimizer: &AdamW| {
-        let mut state: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
-        state.extend(optimizer.state_dict());
+    let save = |meta: &Meta, trainer: &Trainer| {
         checkpoints.save(
             meta.step,
             "state.safetensors",
-            &state,
+            &trainer.state(),
             serde_json::to_value(meta).expect("meta"),
         );
     };
@@ -282,7 +259,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     for step in meta.step..total {
         if let Some(reason) = ctx.handle.stop_requested() {
             if reason == StopReason::Preempted && meta.step > first_step {
-                save(&meta, &optimizer);
+                save(&meta, &trainer);
                 checkpoints.flush().map_err(TaskError::retryable)?;
             }
             return Err(TaskError::Stopped(reason));
@@ -308,8 +285,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             )));
         }
         loss.backward();
-        masters.step(&mut optimizer, None).map_err(TaskError::fatal)?;
-        masters.zero_grad();
+        trainer.step(None)?;
         meta.loss_curve.push(value);
         meta.step = step + 1;
         ctx.handle.report(
@@ -320,7 +296,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             "distilling",
         );
         if meta.step % every == 0 && meta.step < total {
-            save(&meta, &optimizer);
+            save(&meta, &trainer);
         }
     }
     drop(prefetch);
@@ -339,7 +315,11 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let attention_ms = tch::no_grad(|| time_ms(ctx.device, || drop(hybrid.forward(&q, &k, &v, grid))));
     let softmax_ms = tch::no_grad(|| time_ms(ctx.device, || drop(softmax_attention(&q, &k, &v))));
 
-    let mut outputs: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    let mut outputs: Vec<(String, Tensor)> = trainer
+        .named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
     outputs.sort_by(|a, b| a.0.cmp(&b.0));
     let refs: Vec<(&str, &Tensor)> = outputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let phi_path = format!("{dir}/phi.safetensors");

@@ -16,13 +16,14 @@
 use super::TaskContext;
 use super::data::{self, kind_of};
 use super::gang::collective_error;
+use super::trainer::Trainer;
 use crate::agent::task::{StopReason, TaskError, TaskOutput};
 use crate::collective::{Collective, Local};
 use crate::model::WanTransformer;
 use crate::sampler::{SeededRng, seeded_noise};
 use crate::storage::{Checkpointer, SnapshotWriter, Storage, tensors};
 use crate::student::{ConvertedBlock, Student, SurgeryConfig};
-use crate::train::{AdamW, AdamWConfig, MasterWeights, flow_matching_loss, recompute, shift_sigma, timestep_of};
+use crate::train::{flow_matching_loss, recompute, shift_sigma, timestep_of};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use surgery_core::cost::Rate;
@@ -205,19 +206,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         None
     };
     let dataset = Dataset::load(ctx, &spec, &job)?;
-    let mut named: Vec<(String, Tensor)> = student.vs.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut masters = MasterWeights::new(named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect())
-        .map_err(TaskError::fatal)?;
-    let mut optimizer = AdamW::new(
-        masters.optimizer_params(),
-        AdamWConfig {
-            lr: ft.lr,
-            weight_decay: ft.weight_decay,
-            ..AdamWConfig::default()
-        },
-    )
-    .map_err(TaskError::fatal)?;
+    let mut trainer = Trainer::new(&student.vs, ft.lr, ft.weight_decay)?;
     let dir = data::strip_job(&layout::finetune_dir("J"));
     let checkpoints = SnapshotWriter::new(Checkpointer::new(
         job.clone(),
@@ -230,18 +219,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     if let Some(restored) = checkpoints.latest().map_err(TaskError::retryable)? {
         meta = serde_json::from_value(restored.meta).map_err(|e| TaskError::Fatal(format!("checkpoint meta: {e}")))?;
         let state = tensors::from_bytes(&restored.files["state.safetensors"]).map_err(TaskError::retryable)?;
-        // Parameters with an fp32 master are restored from it (rounded); the others as saved.
-        tch::no_grad(|| {
-            for (name, param) in &named {
-                if let Some(saved) = state.get(name) {
-                    let mut param = param.shallow_clone();
-                    param.copy_(saved);
-                }
-            }
-        });
-        masters.load_state_dict(&state).map_err(TaskError::fatal)?;
-        masters.sync_params();
-        optimizer.load_state_dict(&state).map_err(TaskError::fatal)?;
+        trainer.restore(&state)?;
         ctx.handle
             .log("info", format!("resumed from the checkpoint at step {}", meta.step));
     }
@@ -250,25 +228,11 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         Some(gang) => gang.connect(ctx, ctx.device)?,
         None => Box::new(Local),
     };
-    // The training state: the fp32 masters (they restore the bf16 parameters exactly), the
-    // parameters that have none, and AdamW's moments and step counts.
-    let save = |meta: &Meta, masters: &MasterWeights, optimizer: &AdamW| {
-        let mastered: std::collections::HashSet<String> = masters
-            .state_dict()
-            .into_iter()
-            .map(|(n, _)| n.trim_start_matches("master.").to_string())
-            .collect();
-        let mut state: Vec<(String, Tensor)> = named
-            .iter()
-            .filter(|(n, _)| !mastered.contains(n))
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect();
-        state.extend(masters.state_dict());
-        state.extend(optimizer.state_dict());
+    let save = |meta: &Meta, trainer: &Trainer| {
         checkpoints.save(
             meta.step,
             "state.safetensors",
-            &state,
+            &trainer.state(),
             serde_json::to_value(meta).expect("meta"),
         );
     };
@@ -277,11 +241,10 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let every = u64::from(spec.checkpoint.every_steps);
     let seed = spec.sampler.seed;
     let first_step = meta.step;
-    let grads: Vec<Tensor> = named.iter().map(|(_, p)| p.shallow_clone()).collect();
     for step in meta.step..total {
         if let Some(reason) = ctx.handle.stop_requested() {
             if reason == StopReason::Preempted && rank == 0 && meta.step > first_step {
-                save(&meta, &masters, &optimizer);
+                save(&meta, &trainer);
                 checkpoints.flush().map_err(TaskError::retryable)?;
             }
             return Err(TaskError::Stopped(reason));
@@ -311,7 +274,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             .to_device(ctx.device)
             .to_kind(Kind::Float);
         if world > 1 {
-            let mut to_reduce: Vec<Tensor> = grads.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+            let mut to_reduce = trainer.grads();
             to_reduce.push(loss_t.shallow_clone());
             collective.all_reduce_sum(&to_reduce).map_err(collective_error)?;
         }
@@ -322,8 +285,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             )));
         }
         let clip = (ft.grad_clip > 0.0).then_some(ft.grad_clip);
-        masters.step(&mut optimizer, clip).map_err(TaskError::fatal)?;
-        masters.zero_grad();
+        trainer.step(clip)?;
         meta.loss_curve.push(loss);
         meta.step = step + 1;
         ctx.handle.report(
@@ -334,7 +296,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             "fine-tuning",
         );
         if rank == 0 && meta.step % every == 0 && meta.step < total {
-            save(&meta, &masters, &optimizer);
+            save(&meta, &trainer);
         }
     }
     collective.barrier().map_err(collective_error)?;

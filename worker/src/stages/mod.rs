@@ -19,6 +19,7 @@ pub mod evaluate;
 pub mod export;
 pub mod finetune;
 pub mod gang;
+pub mod trainer;
 
 use crate::agent::task::{TaskError, TaskHandle, TaskOutput};
 use crate::storage::Storage;

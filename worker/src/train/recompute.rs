@@ -111,16 +111,12 @@ mod tests {
     use tch::{Device, Kind, Tensor};
 
     fn tiny() -> WanConfig {
-        let mut cfg = WanConfig::wan21_t2v_1_3b();
-        cfg.num_attention_heads = 2;
-        cfg.attention_head_dim = 12;
-        cfg.in_channels = 4;
-        cfg.out_channels = 4;
-        cfg.text_dim = 16;
-        cfg.freq_dim = 16;
-        cfg.ffn_dim = 32;
-        cfg.num_layers = 3;
-        cfg
+        WanConfig {
+            in_channels: 4,
+            out_channels: 4,
+            num_layers: 3,
+            ..WanConfig::toy()
+        }
     }
 
     fn grads(vs: &VarStore) -> Vec<(String, Tensor)> {
