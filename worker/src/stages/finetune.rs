@@ -301,7 +301,18 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     }
     collective.barrier().map_err(collective_error)?;
     if rank != 0 {
-        return Ok(TaskOutput::default());
+        // Rank 0 writes the student and completes the task. Until it has, this member
+        // keeps its part of the lease alive (the agent heartbeats running tasks): if it
+        // ended now, its lease would lapse during rank 0's upload and the coordinator
+        // would requeue the finished gang. The heartbeat's stop says the task is done.
+        ctx.handle
+            .log("info", "done; waiting for rank 0 to write the student and complete");
+        loop {
+            if ctx.handle.stop_requested().is_some() {
+                return Ok(TaskOutput::default());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
 
     // The final student, for export.
