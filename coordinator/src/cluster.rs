@@ -10,6 +10,7 @@ use crate::planner;
 use crate::scheduler::Decision;
 use crate::select_stage;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use surgery_core::ids::TaskRef;
 use surgery_core::spec::JobSpec;
 
 /// Why a request was refused; the service maps each to a typed gRPC error.
@@ -301,7 +302,7 @@ impl Cluster {
         if job.state.is_terminal() {
             return Err(Reject::Conflict(format!(
                 "job {job_id} already ended ({})",
-                job_state_word(job.state)
+                job.state.word()
             )));
         }
         let reason = if reason.is_empty() { "cancelled by user" } else { reason };
@@ -321,7 +322,7 @@ impl Cluster {
         if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
             return Err(Reject::Conflict(format!(
                 "job {job_id} is {}; only failed or cancelled jobs resume",
-                job_state_word(job.state)
+                job.state.word()
             )));
         }
         let to_resume: Vec<TaskId> = self.tasks[job_id]
@@ -627,12 +628,11 @@ impl Cluster {
         Ok(stops)
     }
 
-    /// Task ids are unique within a job; workers report `job/task` pairs through the
-    /// full id `{job_id}:{task_id}`.
+    /// Task ids are unique within a job; workers name tasks by [`TaskRef`] (`job:task`).
     fn locate_task(&self, full_id: &str) -> Option<(JobId, TaskId)> {
-        let (job_id, task_id) = full_id.split_once(':')?;
-        self.task(job_id, task_id)?;
-        Some((job_id.to_string(), task_id.to_string()))
+        let TaskRef { job, task } = TaskRef::parse(full_id)?;
+        self.task(&job, &task)?;
+        Some((job, task))
     }
 
     /// Records a task's result. Repeating the completion of a succeeded attempt is a
@@ -763,7 +763,7 @@ impl Cluster {
             job_id,
             Some((task_id, state)),
             kind,
-            format!("attempt {attempt} {}: {message}; {outcome}", class.name()),
+            format!("attempt {attempt} {}: {message}; {outcome}", class.word()),
         );
         self.settle_job(now, job_id);
         outcome
@@ -962,23 +962,8 @@ pub struct ReportedLog {
     pub message: String,
 }
 
-/// `job:task`, the id workers use.
-pub fn full_task_id(job_id: &str, task_id: &str) -> String {
-    format!("{job_id}:{task_id}")
-}
-
 fn not_found_job(job_id: &str) -> Reject {
     Reject::NotFound(format!("job {job_id} does not exist"))
-}
-
-pub fn job_state_word(state: JobState) -> &'static str {
-    match state {
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-    }
 }
 
 /// Why `worker` at `attempt` no longer holds the task.
@@ -998,20 +983,9 @@ fn stale_reason(task: &TaskRecord, worker_id: &str, attempt: u32) -> String {
         }
         TaskState::Leased | TaskState::Running if task.attempt != attempt => format!(
             "attempt {attempt} of task {id} is stale; the task is {} at attempt {}",
-            task_state_word(task.state),
+            task.state.word(),
             task.attempt
         ),
         TaskState::Leased | TaskState::Running => format!("{worker_id} does not hold task {id} (attempt {attempt})"),
-    }
-}
-
-pub fn task_state_word(state: TaskState) -> &'static str {
-    match state {
-        TaskState::Pending => "pending",
-        TaskState::Leased => "leased",
-        TaskState::Running => "running",
-        TaskState::Succeeded => "succeeded",
-        TaskState::Failed => "failed",
-        TaskState::Cancelled => "cancelled",
     }
 }

@@ -1,10 +1,11 @@
 //! Conversions between the coordinator's records and the wire types of surgery.v1, in
 //! one place (Ballista's from_proto/to_proto habit), so prost types stay at the edge.
 
-use crate::cluster::{Cluster, Reject, ReportedLog, TaskReport, full_task_id};
+use crate::cluster::{Cluster, Reject, ReportedLog, TaskReport};
 use crate::model::*;
 use crate::scheduler::Waiting;
 use std::collections::BTreeMap;
+use surgery_core::ids::TaskRef;
 use surgery_proto::v1 as pb;
 use surgery_proto::v1::{ErrorKind, ServiceError};
 
@@ -26,55 +27,23 @@ pub fn reject_status(reject: Reject) -> tonic::Status {
 }
 
 pub fn job_state(state: JobState) -> pb::JobState {
-    match state {
-        JobState::Queued => pb::JobState::Queued,
-        JobState::Running => pb::JobState::Running,
-        JobState::Succeeded => pb::JobState::Succeeded,
-        JobState::Failed => pb::JobState::Failed,
-        JobState::Cancelled => pb::JobState::Cancelled,
-    }
+    state.into()
 }
 
 pub fn job_state_from(state: pb::JobState) -> Option<JobState> {
-    Some(match state {
-        pb::JobState::Unspecified => return None,
-        pb::JobState::Queued => JobState::Queued,
-        pb::JobState::Running => JobState::Running,
-        pb::JobState::Succeeded => JobState::Succeeded,
-        pb::JobState::Failed => JobState::Failed,
-        pb::JobState::Cancelled => JobState::Cancelled,
-    })
+    surgery_proto::words::job_state(state)
 }
 
 pub fn task_state(state: TaskState) -> pb::TaskState {
-    match state {
-        TaskState::Pending => pb::TaskState::Pending,
-        TaskState::Leased => pb::TaskState::Leased,
-        TaskState::Running => pb::TaskState::Running,
-        TaskState::Succeeded => pb::TaskState::Succeeded,
-        TaskState::Failed => pb::TaskState::Failed,
-        TaskState::Cancelled => pb::TaskState::Cancelled,
-    }
+    state.into()
 }
 
 pub fn stage(stage: Stage) -> pb::Stage {
-    match stage {
-        Stage::Capture => pb::Stage::Capture,
-        Stage::Distill => pb::Stage::Distill,
-        Stage::Select => pb::Stage::Select,
-        Stage::Finetune => pb::Stage::Finetune,
-        Stage::Export => pb::Stage::Export,
-        Stage::Evaluate => pb::Stage::Evaluate,
-    }
+    stage.into()
 }
 
 pub fn failure_class(class: FailureClass) -> pb::FailureClass {
-    match class {
-        FailureClass::Retryable => pb::FailureClass::Retryable,
-        FailureClass::Preempted => pb::FailureClass::Preempted,
-        FailureClass::Lost => pb::FailureClass::Lost,
-        FailureClass::Fatal => pb::FailureClass::Fatal,
-    }
+    class.into()
 }
 
 /// Workers may report retryable, preempted or fatal; `lost` is the coordinator's word.
@@ -104,7 +73,7 @@ fn params(params: &TaskParams) -> pb::TaskParams {
         }),
         TaskParams::Distill { block, rate } => Kind::Distill(pb::DistillParams {
             block: *block,
-            rate: *rate,
+            rate: rate.code(),
         }),
         TaskParams::Select => Kind::Select(pb::SelectParams {}),
         TaskParams::Finetune => Kind::Finetune(pb::FinetuneParams {}),
@@ -215,10 +184,7 @@ pub fn job(job: &JobRecord, tasks: &[TaskRecord], waiting: Option<&Waiting>) -> 
             .selected_layout
             .iter()
             .flatten()
-            .map(|(block, rate)| pb::BlockRate {
-                block: *block,
-                rate: *rate,
-            })
+            .map(|pair| pb::BlockRate::from(*pair))
             .collect(),
         request_id: job.request_id.clone(),
     }
@@ -249,7 +215,7 @@ pub fn assignment(
         .collect();
     pb::TaskAssignment {
         job_id: job.id.clone(),
-        task_id: full_task_id(&job.id, &task.id),
+        task_id: TaskRef::new(&job.id, &task.id).to_string(),
         attempt: task.attempt,
         stage: stage(task.stage) as i32,
         params: Some(params(&task.params)),
@@ -261,10 +227,7 @@ pub fn assignment(
             .selected_layout
             .iter()
             .flatten()
-            .map(|(block, rate)| pb::BlockRate {
-                block: *block,
-                rate: *rate,
-            })
+            .map(|pair| pb::BlockRate::from(*pair))
             .collect(),
         job_root_url: format!(
             "{}/{}",

@@ -1,7 +1,6 @@
 //! The plain-HTTP side of the coordinator's port: a status page for people (`/`),
 //! Prometheus metrics (`/metrics`) and a liveness probe (`/healthz`). Read-only.
 
-use crate::cluster::{job_state_word, task_state_word};
 use crate::engine::Engine;
 use crate::model::TaskState;
 use axum::Router;
@@ -62,7 +61,7 @@ async fn status_page(State(engine): State<Arc<Engine>>) -> Html<String> {
                     html,
                     "<tr><td>{}</td><td>{}</td><td>{}</td><td>{done}/{}</td><td>{running}</td><td>{}</td></tr>",
                     escape(&job.id),
-                    job_state_word(job.state),
+                    job.state.word(),
                     job.priority,
                     tasks.len(),
                     escape(why)
@@ -75,7 +74,7 @@ async fn status_page(State(engine): State<Arc<Engine>>) -> Html<String> {
                     .leases_of(&worker.id)
                     .into_iter()
                     .map(|(job, task, attempt)| {
-                        let s = state.cluster.task(&job, &task).map(|t| task_state_word(t.state)).unwrap_or("?");
+                        let s = state.cluster.task(&job, &task).map(|t| t.state.word()).unwrap_or("?");
                         format!("{job}:{task} #{attempt} ({s})")
                     })
                     .collect();

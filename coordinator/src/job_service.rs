@@ -1,7 +1,7 @@
 //! JobService: what users (surgeryctl) call. Thin: validate the request, run the
 //! transition through the [`Engine`], convert the answer.
 
-use crate::cluster::{Reject, full_task_id};
+use crate::cluster::Reject;
 use crate::convert;
 use crate::engine::{Engine, short_id};
 use crate::model::{JobState, TaskRecord};
@@ -9,6 +9,7 @@ use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
+use surgery_core::ids::TaskRef;
 use surgery_core::spec::JobSpec;
 use surgery_proto::v1 as pb;
 use surgery_proto::v1::{ErrorKind, FieldError, ServiceError};
@@ -322,7 +323,7 @@ impl pb::job_service_server::JobService for JobApi {
                                 .cluster
                                 .leases_of(&w.id)
                                 .into_iter()
-                                .map(|(job, task, _)| full_task_id(&job, &task))
+                                .map(|(job, task, _)| TaskRef::new(job, task).to_string())
                                 .collect();
                             convert::worker(w, tasks)
                         })

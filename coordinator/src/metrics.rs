@@ -116,9 +116,7 @@ impl Metrics {
         .iter()
         .zip(counts)
         {
-            self.tasks
-                .with_label_values(&[crate::cluster::task_state_word(*state)])
-                .set(count);
+            self.tasks.with_label_values(&[state.word()]).set(count);
         }
         self.jobs_active
             .set(cluster.jobs.values().filter(|j| !j.state.is_terminal()).count() as i64);

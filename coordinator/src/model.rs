@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+pub use surgery_core::rate::Rate;
+pub use surgery_core::state::{FailureClass, JobState, Stage, TaskState};
 
 pub type JobId = String;
 pub type TaskId = String;
@@ -12,22 +14,6 @@ pub type WorkerId = String;
 
 /// Milliseconds since the Unix epoch; the clock is injected everywhere.
 pub type UnixMs = i64;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JobState {
-    /// Submitted; no task has been leased yet.
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl JobState {
-    pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
-    }
-}
 
 /// What the scheduler needs of a job's spec, extracted once at submit so scheduling
 /// never re-parses YAML.
@@ -58,46 +44,9 @@ pub struct JobRecord {
     #[serde(default)]
     pub failure: Option<String>,
     pub requirements: Requirements,
-    /// The select stage's choice: (block, rate) for every block (1 = softmax, 0 = linear).
-    #[serde(default)]
-    pub selected_layout: Option<Vec<(u32, u32)>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Stage {
-    Capture,
-    Distill,
-    Select,
-    Finetune,
-    Export,
-    Evaluate,
-}
-
-impl Stage {
-    pub const ALL: [Stage; 6] = [
-        Stage::Capture,
-        Stage::Distill,
-        Stage::Select,
-        Stage::Finetune,
-        Stage::Export,
-        Stage::Evaluate,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Capture => "capture",
-            Stage::Distill => "distill",
-            Stage::Select => "select",
-            Stage::Finetune => "finetune",
-            Stage::Export => "export",
-            Stage::Evaluate => "evaluate",
-        }
-    }
-
-    /// Select runs inside the coordinator; every other stage runs on workers.
-    pub fn runs_on_worker(self) -> bool {
-        self != Stage::Select
-    }
+    /// The select stage's choice: (block, rate) for every block (stored as wire codes).
+    #[serde(default, with = "surgery_core::rate::code_pairs")]
+    pub selected_layout: Option<Vec<(u32, Rate)>>,
 }
 
 /// What a task does, beyond its stage.
@@ -108,65 +57,16 @@ pub enum TaskParams {
         first_prompt: u32,
         num_prompts: u32,
     },
-    /// rate: 0 = linear, R >= 2 hybrid.
     Distill {
         block: u32,
-        rate: u32,
+        /// Stored as the wire code (0 = linear), as earlier coordinators wrote it.
+        #[serde(with = "surgery_core::rate::code")]
+        rate: Rate,
     },
     Select,
     Finetune,
     Export,
     Evaluate,
-}
-
-/// The task state machine (DESIGN.md):
-///
-/// ```text
-/// pending ──lease──▶ leased(workers, attempt, deadline) ──first progress──▶ running
-/// running ──complete──▶ succeeded
-/// running/leased ──fail (retryable, preempted) or lease expired──▶ pending (next lease is attempt + 1)
-/// … ──fail (fatal) or budget exhausted──▶ failed        any ──cancel──▶ cancelled
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TaskState {
-    Pending,
-    Leased,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl TaskState {
-    pub fn is_active(self) -> bool {
-        matches!(self, TaskState::Leased | TaskState::Running)
-    }
-    pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FailureClass {
-    /// Counted against the retry budget.
-    Retryable,
-    /// The worker was asked to leave; not counted.
-    Preempted,
-    /// Lease expired or the worker went away; not counted.
-    Lost,
-    /// The task and its job fail now.
-    Fatal,
-}
-
-impl FailureClass {
-    pub fn name(self) -> &'static str {
-        match self {
-            FailureClass::Retryable => "retryable",
-            FailureClass::Preempted => "preempted",
-            FailureClass::Lost => "lost",
-            FailureClass::Fatal => "fatal",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

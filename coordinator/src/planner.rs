@@ -57,10 +57,7 @@ pub fn plan(job_id: &JobId, spec: &JobSpec, now: UnixMs) -> Vec<TaskRecord> {
         add(
             ids::distill_task(block, rate),
             Stage::Distill,
-            TaskParams::Distill {
-                block,
-                rate: rate.as_u32(),
-            },
+            TaskParams::Distill { block, rate },
             vec![Stage::Capture],
             1,
         );
@@ -102,6 +99,7 @@ pub fn plan(job_id: &JobId, spec: &JobSpec, now: UnixMs) -> Vec<TaskRecord> {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use surgery_core::rate::Rate;
 
     fn spec(extra: &str) -> JobSpec {
         let yaml = format!(
@@ -131,7 +129,13 @@ mod tests {
                 num_prompts: 4
             }
         );
-        assert_eq!(tasks[4].params, TaskParams::Distill { block: 0, rate: 4 });
+        assert_eq!(
+            tasks[4].params,
+            TaskParams::Distill {
+                block: 0,
+                rate: Rate::Hybrid(4)
+            }
+        );
         assert!(
             tasks
                 .iter()

@@ -4,15 +4,16 @@
 
 use crate::model::{Stage, TaskParams, TaskRecord, TaskState};
 use std::collections::BTreeMap;
-use surgery_core::cost::{self, Rate};
+use surgery_core::cost;
+use surgery_core::rate::Rate;
 use surgery_core::results;
-use surgery_core::select::{self, Candidate, SelectionInput};
+use surgery_core::select::{self, Candidate, SelectionInput, describe_layout};
 use surgery_core::spec::{CostSource, JobSpec, SelectionRule};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chosen {
-    /// (block, rate) for every block; rate 1 = softmax, 0 = linear.
-    pub layout: Vec<(u32, u32)>,
+    /// (block, rate) for every block.
+    pub layout: Vec<(u32, Rate)>,
     pub metrics: BTreeMap<String, f64>,
     /// One line for the event log.
     pub summary: String,
@@ -45,7 +46,6 @@ pub fn select(spec: &JobSpec, tasks: &[TaskRecord]) -> Result<Chosen, String> {
                 .copied()
                 .ok_or_else(|| format!("{} reported no `{name}` metric", task.id))
         };
-        let rate = Rate::from_u32(rate);
         let error = metric(results::HELDOUT_ERROR)?;
         let cost = match cost_source {
             CostSource::Flops => cost::attention_flops(&shape, &fmap, tokens, rate),
@@ -87,11 +87,11 @@ pub fn select(spec: &JobSpec, tasks: &[TaskRecord]) -> Result<Chosen, String> {
             let budget = k.budget * input.softmax_total();
             (select::knapsack(&input, budget), budget)
         }
-        SelectionRule::Homogeneous(h) => (select::homogeneous(&input, h.rate.0, h.blocks), input.softmax_total()),
+        SelectionRule::Homogeneous(h) => (select::homogeneous(&input, h.rate, h.blocks), input.softmax_total()),
         SelectionRule::Layout(entries) => {
             let layout: Vec<(u32, Rate)> = entries
                 .iter()
-                .flat_map(|e| e.blocks.iter().map(move |b| (*b, e.rate.0)))
+                .flat_map(|e| e.blocks.iter().map(move |b| (*b, e.rate)))
                 .collect();
             (select::explicit(&input, &layout), input.softmax_total())
         }
@@ -102,9 +102,10 @@ pub fn select(spec: &JobSpec, tasks: &[TaskRecord]) -> Result<Chosen, String> {
         CostSource::Flops => "FLOPs",
         CostSource::Measured => "ms",
     };
+    let layout: Vec<(u32, Rate)> = (0u32..).zip(selection.rates.iter().copied()).collect();
     let summary = format!(
         "selected {} (attention cost {:.3} of softmax in {unit}, total error {:.4})",
-        describe(&selection.rates),
+        describe_layout(&layout, None),
         selection.total_cost / softmax_total,
         selection.total_error
     );
@@ -115,12 +116,7 @@ pub fn select(spec: &JobSpec, tasks: &[TaskRecord]) -> Result<Chosen, String> {
         (results::BUDGET.to_string(), budget),
     ]);
     Ok(Chosen {
-        layout: selection
-            .rates
-            .iter()
-            .enumerate()
-            .map(|(block, rate)| (block as u32, rate.as_u32()))
-            .collect(),
+        layout,
         metrics,
         summary,
     })
@@ -129,26 +125,6 @@ pub fn select(spec: &JobSpec, tasks: &[TaskRecord]) -> Result<Chosen, String> {
 fn mean_of_all(measured: &BTreeMap<u32, Vec<f64>>) -> Option<f64> {
     let all: Vec<f64> = measured.values().flatten().copied().collect();
     (!all.is_empty()).then(|| all.iter().sum::<f64>() / all.len() as f64)
-}
-
-/// "blocks 0,3 at R2; block 5 at linear; 27 softmax".
-pub fn describe(rates: &[Rate]) -> String {
-    let mut groups: BTreeMap<Rate, Vec<usize>> = BTreeMap::new();
-    for (block, rate) in rates.iter().enumerate() {
-        groups.entry(*rate).or_default().push(block);
-    }
-    let mut parts = Vec::new();
-    for (rate, blocks) in &groups {
-        if *rate == Rate::Softmax {
-            continue;
-        }
-        let list: Vec<String> = blocks.iter().map(|b| b.to_string()).collect();
-        let noun = if blocks.len() == 1 { "block" } else { "blocks" };
-        parts.push(format!("{noun} {} at {rate}", list.join(",")));
-    }
-    let softmax = groups.get(&Rate::Softmax).map_or(0, |b| b.len());
-    parts.push(format!("{softmax} softmax"));
-    parts.join("; ")
 }
 
 #[cfg(test)]
@@ -171,7 +147,11 @@ mod tests {
         for task in tasks.iter_mut() {
             if let TaskParams::Distill { block, rate } = task.params {
                 task.state = TaskState::Succeeded;
-                let r = if rate == 0 { 1000.0 } else { rate as f64 };
+                let r = if rate == Rate::Linear {
+                    1000.0
+                } else {
+                    rate.code() as f64
+                };
                 task.result = Some(TaskResult {
                     metrics: BTreeMap::from([
                         (results::HELDOUT_ERROR.into(), block as f64 + r / 10.0),
@@ -194,7 +174,7 @@ mod tests {
         let budget = chosen.metrics[results::BUDGET];
         assert!(cost <= budget, "{cost} > {budget}");
         assert!(
-            chosen.layout.iter().any(|(_, r)| *r != 1),
+            chosen.layout.iter().any(|(_, r)| *r != Rate::Softmax),
             "a 0.8 budget must convert something"
         );
         assert!(chosen.summary.starts_with("selected "), "{}", chosen.summary);
@@ -235,7 +215,7 @@ mod tests {
     fn layout_and_homogeneous_rules() {
         let spec = tiny("    layout:\n      - {blocks: [1], rate: linear}\n", "cost: flops");
         let chosen = select(&spec, &distilled(&spec)).unwrap();
-        assert_eq!(chosen.layout, vec![(0, 1), (1, 0)]);
+        assert_eq!(chosen.layout, vec![(0, Rate::Softmax), (1, Rate::Linear)]);
         assert_eq!(
             chosen.summary.split(" (").next().unwrap(),
             "selected block 1 at linear; 1 softmax"
@@ -244,6 +224,6 @@ mod tests {
         let spec = tiny("    homogeneous: {rate: 4, blocks: 1}\n", "cost: flops");
         let chosen = select(&spec, &distilled(&spec)).unwrap();
         // Block 0 has the lower error at R4.
-        assert_eq!(chosen.layout, vec![(0, 4), (1, 1)]);
+        assert_eq!(chosen.layout, vec![(0, Rate::Hybrid(4)), (1, Rate::Softmax)]);
     }
 }

@@ -157,7 +157,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             });
             self.engine.finish(pending).await;
             let outcome = outcome.map_err(convert::reject_status)?;
-            tracing::warn!(task = %req.task_id, attempt = req.attempt, class = class.name(), message = %req.message, %outcome, "task failed");
+            tracing::warn!(task = %req.task_id, attempt = req.attempt, class = class.word(), message = %req.message, %outcome, "task failed");
             Ok(Response::new(pb::FailTaskResponse { outcome }))
         })
         .await

@@ -1,16 +1,13 @@
 //! The FLOP cost model of METHOD.md section 1: how many floating-point operations one
 //! transformer block (and one whole forward pass of the model) costs at a given token
 //! count and block rate R. It owns the teacher's shape (`ModelShape`), the per-head
-//! feature-map shape (`FeatureMapShape`), the block rate (`Rate`, with its config/wire
-//! encoding as a `u32`), the video -> latent -> token arithmetic of the Wan VAE and
+//! feature-map shape (`FeatureMapShape`), the video -> latent -> token arithmetic of the Wan VAE and
 //! patchifier, and the FLOP formulas. Convention throughout: one multiply-add = 2 FLOPs,
 //! C = heads x head_dim, N = tokens; element-wise work (norms, RoPE, activations,
 //! softmax exponentials, modulation) is not counted, as in the paper. Everything here is
 //! a pure function; stage 2 (`crate::select`) consumes these numbers as costs.
 
-use std::fmt;
-use std::str::FromStr;
-
+use crate::rate::Rate;
 use serde::{Deserialize, Serialize};
 
 /// Shape of the teacher transformer; everything the FLOP model needs and nothing else.
@@ -84,110 +81,6 @@ impl FeatureMapShape {
     pub fn params_per_map(&self, heads: u32, head_dim: u32) -> u64 {
         let (d, h, f) = (u64::from(head_dim), u64::from(self.hidden), u64::from(self.features));
         u64::from(heads) * (d * h + h + h * f + f)
-    }
-}
-
-/// Rate R of one block: how many keys are kept as softmax anchors.
-///
-/// Encoded (serde, config) as a `u32`: 1 = softmax, 0 = linear (R = inf), R >= 2 =
-/// hybrid. The derived order is "how much softmax is given up":
-/// Softmax < Hybrid(2) < Hybrid(4) < ... < Linear; stage 2 uses it to break ties.
-/// `Hybrid(r)` with r < 2 is not a valid value; build rates with `from_u32`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(from = "u32", into = "u32")]
-pub enum Rate {
-    Softmax,
-    Hybrid(u32),
-    Linear,
-}
-
-impl Rate {
-    /// Decode the `u32` encoding (1 = softmax, 0 = linear, R >= 2 = hybrid).
-    pub fn from_u32(r: u32) -> Rate {
-        match r {
-            0 => Rate::Linear,
-            1 => Rate::Softmax,
-            r => Rate::Hybrid(r),
-        }
-    }
-
-    /// The `u32` encoding; inverse of `from_u32` for valid rates.
-    pub fn as_u32(&self) -> u32 {
-        match *self {
-            Rate::Linear => 0,
-            Rate::Softmax => 1,
-            Rate::Hybrid(r) => r,
-        }
-    }
-
-    /// False only for the unrepresentable `Hybrid(0)` / `Hybrid(1)`.
-    pub fn is_valid(&self) -> bool {
-        !matches!(self, Rate::Hybrid(r) if *r < 2)
-    }
-
-    /// Number of anchor keys |T_S| among `tokens` keys under the strided rule
-    /// (flattened index i with i mod R == 0): ceil(N / R); all N for softmax, none for
-    /// linear. (The diagonal pattern has a count that depends on the grid; the cost
-    /// model uses the strided count for both, which is within one row of it.)
-    pub fn anchors(&self, tokens: u64) -> u64 {
-        match *self {
-            Rate::Softmax => tokens,
-            Rate::Linear => 0,
-            // max(1) only guards the invalid Hybrid(0) against division by zero.
-            Rate::Hybrid(r) => tokens.div_ceil(u64::from(r.max(1))),
-        }
-    }
-}
-
-impl From<u32> for Rate {
-    fn from(r: u32) -> Self {
-        Rate::from_u32(r)
-    }
-}
-
-impl From<Rate> for u32 {
-    fn from(r: Rate) -> Self {
-        r.as_u32()
-    }
-}
-
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rate::Softmax => f.write_str("softmax"),
-            Rate::Linear => f.write_str("linear"),
-            Rate::Hybrid(r) => write!(f, "R{r}"),
-        }
-    }
-}
-
-/// A string that is not a rate.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid rate {0:?}: expected \"softmax\", \"linear\", \"R<n>\" with n >= 2, or an integer (1 = softmax, 0 = linear)"
-)]
-pub struct ParseRateError(pub String);
-
-impl FromStr for Rate {
-    type Err = ParseRateError;
-
-    /// Accepts the `Display` forms ("softmax", "linear", "R4", case-insensitive) and
-    /// the bare `u32` encoding ("4", "1", "0").
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let t = s.trim();
-        let err = || ParseRateError(s.to_string());
-        if t.eq_ignore_ascii_case("softmax") {
-            return Ok(Rate::Softmax);
-        }
-        if t.eq_ignore_ascii_case("linear") {
-            return Ok(Rate::Linear);
-        }
-        if let Some(n) = t.strip_prefix(['R', 'r']) {
-            let r: u32 = n.parse().map_err(|_| err())?;
-            // "R1" would silently mean softmax; demand the explicit word instead.
-            return if r >= 2 { Ok(Rate::Hybrid(r)) } else { Err(err()) };
-        }
-        t.parse::<u32>().map(Rate::from_u32).map_err(|_| err())
     }
 }
 
@@ -341,48 +234,6 @@ mod tests {
         // Per head: 128*256 + 256 + 256*256 + 256 = 98,816; 12 heads.
         assert_eq!(f.params_per_map(12, 128), 1_185_792);
         assert!(rel(f.params_per_map(12, 128) as f64, 1.2e6) < 0.02);
-    }
-
-    #[test]
-    fn rate_encoding_roundtrip() {
-        assert_eq!(Rate::from_u32(0), Rate::Linear);
-        assert_eq!(Rate::from_u32(1), Rate::Softmax);
-        assert_eq!(Rate::from_u32(2), Rate::Hybrid(2));
-        for r in [0u32, 1, 2, 4, 8, 16] {
-            assert_eq!(Rate::from_u32(r).as_u32(), r);
-            assert!(Rate::from_u32(r).is_valid());
-        }
-        assert!(!Rate::Hybrid(1).is_valid());
-        assert!(!Rate::Hybrid(0).is_valid());
-    }
-
-    #[test]
-    fn rate_serde_is_u32() {
-        let rates = vec![Rate::Softmax, Rate::Hybrid(2), Rate::Hybrid(8), Rate::Linear];
-        let j = serde_json::to_string(&rates).unwrap();
-        assert_eq!(j, "[1,2,8,0]");
-        let back: Vec<Rate> = serde_json::from_str(&j).unwrap();
-        assert_eq!(back, rates);
-        assert!(serde_json::from_str::<Rate>("-1").is_err());
-        assert!(serde_json::from_str::<Rate>("\"R2\"").is_err());
-    }
-
-    #[test]
-    fn rate_display_and_parse() {
-        assert_eq!(Rate::Softmax.to_string(), "softmax");
-        assert_eq!(Rate::Hybrid(2).to_string(), "R2");
-        assert_eq!(Rate::Linear.to_string(), "linear");
-        for r in [Rate::Softmax, Rate::Hybrid(2), Rate::Hybrid(4), Rate::Linear] {
-            assert_eq!(r.to_string().parse::<Rate>().unwrap(), r);
-        }
-        assert_eq!("r8".parse::<Rate>().unwrap(), Rate::Hybrid(8));
-        assert_eq!("4".parse::<Rate>().unwrap(), Rate::Hybrid(4));
-        assert_eq!("1".parse::<Rate>().unwrap(), Rate::Softmax);
-        assert_eq!("0".parse::<Rate>().unwrap(), Rate::Linear);
-        for bad in ["R1", "R0", "R", "Rx", "fast", "", "-2"] {
-            let e = bad.parse::<Rate>().unwrap_err();
-            assert!(e.to_string().contains("invalid rate"), "{e}");
-        }
     }
 
     #[test]

@@ -1,40 +1,74 @@
-//! The object-store layout of a job (DESIGN.md), relative to the store's root. One place
-//! names every path, so writers and readers cannot drift apart.
+//! The object-store layout of a job (DESIGN.md). A job's objects live under
+//! [`job_root`] (`jobs/{job}`, relative to the store's root); a worker is handed that
+//! folder as its storage root, so every other path here is relative to it. One place
+//! names every object the stages write, so writers, readers, tests and tools cannot drift
+//! apart: nothing else spells these paths.
+//!
+//! ```text
+//! spec.yaml
+//! cache/block-{b}/shard-{s}.safetensors     capture: block b's inputs for shard s
+//! latents/shard-{s}.safetensors             capture: the teacher's final latents
+//! distill/block-{b}/rate-{r}/               distill: checkpoints (step-{n}/, latest.json),
+//!     phi.safetensors, result.json, loss_curve.json
+//! finetune/                                 finetune: checkpoints,
+//!     final/ (the student folder), loss_curve.json
+//! export/                                   export: the student folder, report.json
+//! evaluate/report.json                      evaluate
+//! ```
 
-use crate::cost::Rate;
-use crate::ids::rate_word;
+use crate::rate::Rate;
 
-/// `jobs/{job}`
+/// `jobs/{job}`, relative to the store's root: the root every other path is relative to.
 pub fn job_root(job: &str) -> String {
     format!("jobs/{job}")
 }
 
-/// `jobs/{job}/spec.yaml`
-pub fn spec(job: &str) -> String {
-    format!("{}/spec.yaml", job_root(job))
+/// The spec as submitted.
+pub const SPEC: &str = "spec.yaml";
+
+/// `cache/block-{b}/shard-{s}.safetensors`
+pub fn cache_shard(block: u32, shard: u32) -> String {
+    format!("cache/block-{block:02}/shard-{shard:04}.safetensors")
 }
 
-/// `jobs/{job}/cache/block-{b}/shard-{s}.safetensors`
-pub fn cache_shard(job: &str, block: u32, shard: u32) -> String {
-    format!("{}/cache/block-{block:02}/shard-{shard:04}.safetensors", job_root(job))
+/// `latents/shard-{s}.safetensors`: the teacher's final latents, the default fine-tuning
+/// data.
+pub fn latents_shard(shard: u32) -> String {
+    format!("latents/shard-{shard:04}.safetensors")
 }
 
-/// `jobs/{job}/latents/shard-{s}.safetensors`: the teacher's final latents, the default
-/// fine-tuning data.
-pub fn latents_shard(job: &str, shard: u32) -> String {
-    format!("{}/latents/shard-{shard:04}.safetensors", job_root(job))
+/// `distill/block-{b}/rate-{r}`: the task's checkpoints and outputs.
+pub fn distill_dir(block: u32, rate: Rate) -> String {
+    format!("distill/block-{block:02}/rate-{}", rate.word())
 }
 
-/// `jobs/{job}/distill/block-{b}/rate-{r}`: checkpoints live under `step-{n}/`, with
-/// `latest.json` beside them.
-pub fn distill_dir(job: &str, block: u32, rate: Rate) -> String {
-    format!("{}/distill/block-{block:02}/rate-{}", job_root(job), rate_word(rate))
+/// The distilled feature maps, named as the student names them.
+pub fn distill_phi(block: u32, rate: Rate) -> String {
+    format!("{}/phi.safetensors", distill_dir(block, rate))
 }
 
-/// `jobs/{job}/finetune`
-pub fn finetune_dir(job: &str) -> String {
-    format!("{}/finetune", job_root(job))
+/// The distill task's result: its metrics and loss curve.
+pub fn distill_result(block: u32, rate: Rate) -> String {
+    format!("{}/result.json", distill_dir(block, rate))
 }
+
+/// `finetune`: the fine-tuning checkpoints.
+pub const FINETUNE_DIR: &str = "finetune";
+
+/// `finetune/final`: the fine-tuned student folder export starts from.
+pub const FINETUNE_FINAL: &str = "finetune/final";
+
+/// The fine-tuning loss curve, one value per step.
+pub const FINETUNE_LOSS_CURVE: &str = "finetune/loss_curve.json";
+
+/// `export`: the student folder a user takes home.
+pub const EXPORT_DIR: &str = "export";
+
+/// The export report: rates, FLOPs, distillation errors, the probe.
+pub const EXPORT_REPORT: &str = "export/report.json";
+
+/// The evaluation report: teacher agreement on held-out prompts.
+pub const EVALUATE_REPORT: &str = "evaluate/report.json";
 
 /// `{dir}/step-{n}`, zero-padded so listing order is step order.
 pub fn checkpoint_dir(dir: &str, step: u64) -> String {
@@ -46,9 +80,9 @@ pub fn latest_manifest(dir: &str) -> String {
     format!("{dir}/latest.json")
 }
 
-/// `jobs/{job}/export`
-pub fn export_dir(job: &str) -> String {
-    format!("{}/export", job_root(job))
+/// `{dir}/{file}` for a file of a folder above (a downloaded student's files).
+pub fn in_dir(dir: &str, file: &str) -> String {
+    format!("{dir}/{file}")
 }
 
 #[cfg(test)]
@@ -57,18 +91,23 @@ mod tests {
 
     #[test]
     fn paths_follow_the_design() {
-        assert_eq!(spec("j1"), "jobs/j1/spec.yaml");
+        assert_eq!(job_root("j1"), "jobs/j1");
+        assert_eq!(cache_shard(3, 12), "cache/block-03/shard-0012.safetensors");
+        assert_eq!(latents_shard(2), "latents/shard-0002.safetensors");
+        let dir = distill_dir(3, Rate::Hybrid(4));
+        assert_eq!(dir, "distill/block-03/rate-4");
         assert_eq!(
-            cache_shard("j1", 3, 12),
-            "jobs/j1/cache/block-03/shard-0012.safetensors"
+            distill_phi(3, Rate::Linear),
+            "distill/block-03/rate-linear/phi.safetensors"
         );
-        let dir = distill_dir("j1", 3, Rate::Hybrid(4));
-        assert_eq!(dir, "jobs/j1/distill/block-03/rate-4");
         assert_eq!(
-            checkpoint_dir(&dir, 200),
-            "jobs/j1/distill/block-03/rate-4/step-0000000200"
+            distill_result(3, Rate::Hybrid(4)),
+            "distill/block-03/rate-4/result.json"
         );
-        assert_eq!(latest_manifest(&finetune_dir("j1")), "jobs/j1/finetune/latest.json");
-        assert_eq!(export_dir("j1"), "jobs/j1/export");
+        assert_eq!(checkpoint_dir(&dir, 200), "distill/block-03/rate-4/step-0000000200");
+        assert_eq!(latest_manifest(FINETUNE_DIR), "finetune/latest.json");
+        assert!(FINETUNE_FINAL.starts_with(FINETUNE_DIR));
+        assert!(FINETUNE_LOSS_CURVE.starts_with(FINETUNE_DIR));
+        assert!(EXPORT_REPORT.starts_with(EXPORT_DIR));
     }
 }

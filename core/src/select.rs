@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cost::Rate;
+use crate::rate::Rate;
 
 /// One distilled (block, rate) pair from stage 1: its held-out distillation error and
 /// its cost. Softmax is never a candidate; it is implicit (error 0).
@@ -59,6 +59,39 @@ impl Selection {
             .map(|(b, &r)| (b as u32, r))
             .collect()
     }
+}
+
+/// A layout in words: `blocks 0,3 at R2; block 5 at linear; 27 softmax`. Softmax blocks
+/// are counted, not listed (they are most of the model); with `layers`, blocks the
+/// layout leaves out count as softmax too. The one description the coordinator's event
+/// log, `surgeryctl` and reports share.
+pub fn describe_layout(layout: &[(u32, Rate)], layers: Option<u32>) -> String {
+    let mut by_rate: std::collections::BTreeMap<Rate, Vec<u32>> = std::collections::BTreeMap::new();
+    let listed: std::collections::BTreeSet<u32> = layout.iter().map(|(block, _)| *block).collect();
+    let mut softmax = 0u32;
+    for &(block, rate) in layout {
+        if rate == Rate::Softmax {
+            softmax += 1;
+        } else {
+            by_rate.entry(rate).or_default().push(block);
+        }
+    }
+    if let Some(layers) = layers {
+        softmax += (0..layers).filter(|block| !listed.contains(block)).count() as u32;
+    }
+    let mut parts: Vec<String> = by_rate
+        .into_iter()
+        .map(|(rate, mut blocks)| {
+            blocks.sort_unstable();
+            let list = blocks.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+            let noun = if blocks.len() == 1 { "block" } else { "blocks" };
+            format!("{noun} {list} at {rate}")
+        })
+        .collect();
+    if softmax > 0 || parts.is_empty() {
+        parts.push(format!("{softmax} softmax"));
+    }
+    parts.join("; ")
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -339,6 +372,31 @@ impl fmt::Display for Selection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layouts_in_words_group_blocks_by_rate_and_count_softmax() {
+        let chosen = [(0, Rate::Hybrid(2)), (3, Rate::Hybrid(2)), (5, Rate::Linear)];
+        assert_eq!(
+            describe_layout(&chosen, Some(30)),
+            "blocks 0,3 at R2; block 5 at linear; 27 softmax"
+        );
+        let full = [
+            (0, Rate::Softmax),
+            (1, Rate::Hybrid(4)),
+            (2, Rate::Softmax),
+            (3, Rate::Linear),
+            (4, Rate::Linear),
+        ];
+        let words = "block 1 at R4; blocks 3,4 at linear; 2 softmax";
+        assert_eq!(describe_layout(&full, Some(5)), words);
+        assert_eq!(describe_layout(&full, None), words);
+        assert_eq!(
+            describe_layout(&[(0, Rate::Softmax), (1, Rate::Softmax)], Some(2)),
+            "2 softmax"
+        );
+        assert_eq!(describe_layout(&[(0, Rate::Linear)], Some(1)), "block 0 at linear");
+        assert_eq!(describe_layout(&[], None), "0 softmax");
+    }
 
     /// Tiny deterministic generator (PCG-style LCG, high bits); no rand crate.
     struct Lcg(u64);
@@ -840,7 +898,7 @@ mod tests {
     fn selection_serde_and_display() {
         let k = knapsack(&small(), 27.0).unwrap();
         let j = serde_json::to_string(&k).unwrap();
-        assert!(j.contains("\"rates\":[1,0,1,2]"), "{j}");
+        assert!(j.contains(r#""rates":[1,"linear",1,2]"#), "{j}");
         assert_eq!(serde_json::from_str::<Selection>(&j).unwrap(), k);
         assert_eq!(k.to_string(), "linear x1, R2 x1, softmax x2 (error 1, cost 2.7e1)");
         let input = small();

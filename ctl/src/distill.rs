@@ -6,8 +6,7 @@
 use crate::format;
 use crate::view::{DistillCellView, TaskView};
 use std::collections::{BTreeMap, BTreeSet};
-use surgery_core::spec::JobSpec;
-use surgery_proto::v1::{BlockRate, Job};
+use surgery_core::rate::Rate;
 
 /// Rows of text under a header, ready to become a table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,23 +15,24 @@ pub struct Grid {
     pub rows: Vec<Vec<String>>,
 }
 
-/// Column order of rates: ascending R, linear (encoded 0, the cheapest) last.
-pub fn rate_order(encoded: u32) -> u32 {
-    if encoded == 0 { u32::MAX } else { encoded }
-}
-
 /// `BLOCK | R2 | R4 | linear` with one row per block; `None` when the job has no distill
 /// tasks (yet). A (block, rate) the plan does not hold (an explicit layout) reads `-`.
 pub fn grid(cells: &[DistillCellView]) -> Option<Grid> {
     if cells.is_empty() {
         return None;
     }
-    let mut rates: Vec<(u32, &str)> = cells.iter().map(|cell| (cell.rate_code, cell.rate.as_str())).collect();
-    rates.sort_by_key(|(code, _)| rate_order(*code));
+    // Columns in rate order: ascending R, linear (the cheapest) last.
+    let mut rates: Vec<(Rate, &str)> = cells
+        .iter()
+        .map(|cell| (cell.rate_value(), cell.rate.as_str()))
+        .collect();
+    rates.sort_by_key(|(rate, _)| *rate);
     rates.dedup();
     let blocks: BTreeSet<u32> = cells.iter().map(|cell| cell.block).collect();
-    let by_pair: BTreeMap<(u32, u32), &DistillCellView> =
-        cells.iter().map(|cell| ((cell.block, cell.rate_code), cell)).collect();
+    let by_pair: BTreeMap<(u32, Rate), &DistillCellView> = cells
+        .iter()
+        .map(|cell| ((cell.block, cell.rate_value()), cell))
+        .collect();
 
     let mut header = vec!["BLOCK".to_string()];
     header.extend(rates.iter().map(|(_, label)| label.to_string()));
@@ -40,9 +40,9 @@ pub fn grid(cells: &[DistillCellView]) -> Option<Grid> {
         .iter()
         .map(|block| {
             let mut row = vec![block.to_string()];
-            row.extend(rates.iter().map(|(code, _)| {
+            row.extend(rates.iter().map(|(rate, _)| {
                 by_pair
-                    .get(&(*block, *code))
+                    .get(&(*block, *rate))
                     .map_or_else(|| "-".to_string(), |cell| cell_text(cell))
             }));
             row
@@ -75,56 +75,11 @@ pub fn task_progress(task: &TaskView) -> String {
     }
 }
 
-/// The summary of a job's selected layout; `None` before the select stage ran.
-pub fn layout_summary(job: &Job) -> Option<String> {
-    if job.selected_layout.is_empty() {
-        return None;
-    }
-    // The layout may list only the blocks it changed; the spec says how many there are.
-    let layers = JobSpec::parse(&job.spec_yaml)
-        .ok()
-        .map(|spec| spec.model_shape().layers);
-    Some(summarize_layout(&job.selected_layout, layers))
-}
-
-/// `blocks 0,3 at R2; block 5 at linear; 27 softmax`. Softmax blocks are counted, not
-/// listed: they are most of the model. Blocks the layout leaves out are softmax too.
-pub fn summarize_layout(layout: &[BlockRate], layers: Option<u32>) -> String {
-    let mut by_rate: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    let mut listed: BTreeSet<u32> = BTreeSet::new();
-    let mut softmax = 0u32;
-    for entry in layout {
-        listed.insert(entry.block);
-        if entry.rate == 1 {
-            softmax += 1;
-        } else {
-            by_rate.entry(rate_order(entry.rate)).or_default().push(entry.block);
-        }
-    }
-    if let Some(layers) = layers {
-        softmax += (0..layers).filter(|block| !listed.contains(block)).count() as u32;
-    }
-    let mut parts: Vec<String> = by_rate
-        .into_iter()
-        .map(|(order, mut blocks)| {
-            blocks.sort_unstable();
-            let rate = format::rate(if order == u32::MAX { 0 } else { order });
-            let list = blocks.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-            let noun = if blocks.len() == 1 { "block" } else { "blocks" };
-            format!("{noun} {list} at {rate}")
-        })
-        .collect();
-    if softmax > 0 {
-        parts.push(format!("{softmax} softmax"));
-    }
-    parts.join("; ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::view::StatusView;
-    use surgery_proto::v1::{DistillParams, Progress, Stage, Task, TaskParams, TaskState, task_params::Kind};
+    use surgery_proto::v1::{DistillParams, Job, Progress, Stage, Task, TaskParams, TaskState, task_params::Kind};
 
     fn distill_task(block: u32, rate: u32, state: TaskState) -> Task {
         Task {
@@ -205,34 +160,12 @@ mod tests {
         assert_eq!(cell_text(&status.distill[0]), "succeeded");
     }
 
-    fn layout(pairs: &[(u32, u32)]) -> Vec<BlockRate> {
-        pairs.iter().map(|&(block, rate)| BlockRate { block, rate }).collect()
-    }
-
-    #[test]
-    fn the_layout_groups_blocks_by_rate_and_counts_softmax() {
-        let chosen = layout(&[(0, 2), (3, 2), (5, 0)]);
-        assert_eq!(
-            summarize_layout(&chosen, Some(30)),
-            "blocks 0,3 at R2; block 5 at linear; 27 softmax"
-        );
-        let full = layout(&[(0, 1), (1, 4), (2, 1), (3, 0), (4, 0)]);
-        assert_eq!(
-            summarize_layout(&full, Some(5)),
-            "block 1 at R4; blocks 3,4 at linear; 2 softmax"
-        );
-        assert_eq!(
-            summarize_layout(&full, None),
-            "block 1 at R4; blocks 3,4 at linear; 2 softmax"
-        );
-        assert_eq!(summarize_layout(&layout(&[(0, 1), (1, 1)]), Some(2)), "2 softmax");
-    }
-
     #[test]
     fn the_layout_summary_reads_the_layer_count_from_the_spec() {
+        use crate::view::layout_summary;
         let job = Job {
             spec_yaml: std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/tiny.yaml")).unwrap(),
-            selected_layout: layout(&[(1, 2)]),
+            selected_layout: vec![surgery_proto::v1::BlockRate { block: 1, rate: 2 }],
             ..Default::default()
         };
         assert_eq!(layout_summary(&job).unwrap(), "block 1 at R2; 1 softmax");

@@ -1,9 +1,8 @@
 //! How values read in every output: times (RFC 3339 in UTC: seconds for jobs, tasks and
 //! workers, milliseconds for events and log lines, whose order matters), ages relative to
-//! an injected `now`, metrics to four significant digits, and rates as `R<n>`/`linear`.
+//! an injected `now`, metrics to four significant digits, and rates as their `Display` form (`R<n>`, `linear`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use surgery_core::cost::Rate;
 
 /// `2025-03-01T12:00:00Z`, or `None` for the protocol's "unset" (0 or negative).
 pub fn time_seconds(unix_ms: i64) -> Option<String> {
@@ -59,11 +58,6 @@ pub fn sig4(value: f64) -> String {
     format!("{value:.decimals$}")
 }
 
-/// A rate in the protocol's encoding as users read it: `linear` (0), `softmax` (1), `R<n>`.
-pub fn rate(encoded: u32) -> String {
-    Rate::from_u32(encoded).to_string()
-}
-
 /// Milliseconds since the Unix epoch, now.
 pub fn now_unix_ms() -> i64 {
     SystemTime::now()
@@ -108,12 +102,5 @@ mod tests {
         assert_eq!(sig4(-0.0123456), "-0.01235");
         assert_eq!(sig4(0.0), "0.000");
         assert_eq!(sig4(f64::NAN), "NaN");
-    }
-
-    #[test]
-    fn rates_read_as_words() {
-        assert_eq!(rate(0), "linear");
-        assert_eq!(rate(1), "softmax");
-        assert_eq!(rate(4), "R4");
     }
 }

@@ -7,54 +7,42 @@
 use crate::format;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use surgery_core::rate::Rate;
 use surgery_core::results::HELDOUT_ERROR;
+use surgery_core::select::describe_layout;
+use surgery_core::spec::JobSpec;
 use surgery_proto::v1::{self as pb, FailureClass, JobState, Stage, TaskState, task_params::Kind as ParamsKind};
+use surgery_proto::words;
 
-/// `queued`, `running`, `succeeded`, `failed`, `cancelled` (`unknown` if unset).
+/// A job state's word (`queued`, ...; `unknown` if unset). The words are surgery-core's.
 pub fn job_state_word(state: JobState) -> &'static str {
-    match state {
-        JobState::Unspecified => "unknown",
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-    }
+    words::job_state(state).map_or("unknown", |s| s.word())
 }
 
-/// `pending`, `leased`, `running`, `succeeded`, `failed`, `cancelled` (`unknown` if unset).
+/// A task state's word (`pending`, `leased`, ...; `unknown` if unset).
 pub fn task_state_word(state: TaskState) -> &'static str {
-    match state {
-        TaskState::Unspecified => "unknown",
-        TaskState::Pending => "pending",
-        TaskState::Leased => "leased",
-        TaskState::Running => "running",
-        TaskState::Succeeded => "succeeded",
-        TaskState::Failed => "failed",
-        TaskState::Cancelled => "cancelled",
-    }
+    words::task_state(state).map_or("unknown", |s| s.word())
 }
 
 pub fn stage_word(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Unspecified => "unknown",
-        Stage::Capture => "capture",
-        Stage::Distill => "distill",
-        Stage::Select => "select",
-        Stage::Finetune => "finetune",
-        Stage::Export => "export",
-        Stage::Evaluate => "evaluate",
-    }
+    words::stage(stage).map_or("unknown", |s| s.word())
 }
 
 fn failure_class_word(class: FailureClass) -> Option<&'static str> {
-    match class {
-        FailureClass::Unspecified => None,
-        FailureClass::Retryable => Some("retryable"),
-        FailureClass::Preempted => Some("preempted"),
-        FailureClass::Fatal => Some("fatal"),
-        FailureClass::Lost => Some("lost"),
+    words::failure_class(class).map(|c| c.word())
+}
+
+/// The summary of a job's selected layout; `None` before the select stage ran. The layout
+/// may list only the blocks it changed; the spec says how many there are.
+pub fn layout_summary(job: &pb::Job) -> Option<String> {
+    if job.selected_layout.is_empty() {
+        return None;
     }
+    let layers = JobSpec::parse(&job.spec_yaml)
+        .ok()
+        .map(|spec| spec.model_shape().layers);
+    let layout: Vec<(u32, Rate)> = job.selected_layout.iter().map(pb::BlockRate::pair).collect();
+    Some(describe_layout(&layout, layers))
 }
 
 /// The protocol's empty string is "not set"; JSON says `null`.
@@ -140,10 +128,10 @@ impl From<&pb::Job> for JobView {
                 .iter()
                 .map(|entry| BlockRateView {
                     block: entry.block,
-                    rate: format::rate(entry.rate),
+                    rate: entry.pair().1.to_string(),
                 })
                 .collect(),
-            selected_layout_summary: crate::distill::layout_summary(job),
+            selected_layout_summary: layout_summary(job),
         }
     }
 }
@@ -251,7 +239,7 @@ impl From<&ParamsKind> for ParamsView {
             },
             ParamsKind::Distill(distill) => ParamsView::Distill {
                 block: distill.block,
-                rate: format::rate(distill.rate),
+                rate: distill.rate().to_string(),
             },
             ParamsKind::Select(_) => ParamsView::Select,
             ParamsKind::Finetune(_) => ParamsView::Finetune,
@@ -286,12 +274,14 @@ pub struct DistillCellView {
     pub total_steps: Option<u64>,
     /// e_br, once the task succeeded.
     pub heldout_error: Option<f64>,
-    /// The rate in the protocol's encoding, to order the columns.
-    #[serde(skip)]
-    pub rate_code: u32,
 }
 
 impl DistillCellView {
+    /// The cell's rate (its `rate` text is the rate's display form).
+    pub fn rate_value(&self) -> Rate {
+        self.rate.parse().unwrap_or(Rate::Linear)
+    }
+
     /// The cell of a distill task; `None` for a task of another stage.
     pub fn of_task(task: &pb::Task) -> Option<Self> {
         let Some(ParamsKind::Distill(distill)) = task.params.as_ref().and_then(|params| params.kind.as_ref()) else {
@@ -302,7 +292,7 @@ impl DistillCellView {
         let progress = task.progress.as_ref().filter(|_| running);
         Some(DistillCellView {
             block: distill.block,
-            rate: format::rate(distill.rate),
+            rate: distill.rate().to_string(),
             task_id: task.id.clone(),
             state: task_state_word(state).to_string(),
             step: progress.map(|progress| progress.step),
@@ -310,7 +300,6 @@ impl DistillCellView {
             heldout_error: (state == TaskState::Succeeded)
                 .then(|| task.result_metrics.get(HELDOUT_ERROR).copied())
                 .flatten(),
-            rate_code: distill.rate,
         })
     }
 }
@@ -327,7 +316,7 @@ pub struct StatusView {
 impl StatusView {
     pub fn new(job: &pb::Job, tasks: &[pb::Task]) -> Self {
         let mut distill: Vec<DistillCellView> = tasks.iter().filter_map(DistillCellView::of_task).collect();
-        distill.sort_by_key(|cell| (cell.block, crate::distill::rate_order(cell.rate_code)));
+        distill.sort_by_key(|cell| (cell.block, cell.rate_value()));
         StatusView {
             job: JobView::from(job),
             distill,

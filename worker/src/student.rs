@@ -13,8 +13,8 @@ use crate::model::weights::{self, WeightsError};
 use crate::model::{WanConfig, WanTransformer};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use surgery_core::cost::Rate;
-use surgery_core::spec::{AnchorPattern, CandidateRate, FeatureMapSpec};
+use surgery_core::rate::Rate;
+use surgery_core::spec::{AnchorPattern, FeatureMapSpec};
 use tch::nn::VarStore;
 use tch::{Device, Kind};
 
@@ -28,7 +28,7 @@ const FORMAT: u32 = 1;
 pub struct ConvertedBlock {
     pub block: u32,
     /// An integer R >= 2 or `linear` (rate 1 blocks are simply not listed).
-    pub rate: CandidateRate,
+    pub rate: Rate,
     pub anchor_pattern: AnchorPattern,
 }
 
@@ -57,7 +57,7 @@ impl SurgeryConfig {
         let mut rates = vec![Rate::Softmax; blocks];
         for b in &self.blocks {
             if let Some(slot) = rates.get_mut(b.block as usize) {
-                *slot = b.rate.0;
+                *slot = b.rate;
             }
         }
         rates
@@ -81,10 +81,10 @@ impl SurgeryConfig {
             if !seen.insert(b.block) {
                 return Err(StudentError::Surgery(format!("block {} is listed twice", b.block)));
             }
-            if b.rate.0 == Rate::Softmax || !b.rate.0.is_valid() {
+            if b.rate == Rate::Softmax || !b.rate.is_valid() {
                 return Err(StudentError::Surgery(format!(
                     "block {} has rate {}; a converted block needs R >= 2 or linear",
-                    b.block, b.rate.0
+                    b.block, b.rate
                 )));
             }
         }
@@ -118,7 +118,7 @@ fn convert(vs: &VarStore, model: &mut WanTransformer, surgery: &SurgeryConfig) {
             &surgery.feature_map,
             cfg.num_attention_heads,
             cfg.attention_head_dim,
-            b.rate.0,
+            b.rate,
             b.anchor_pattern,
         );
         model.set_self_attention(
@@ -223,12 +223,12 @@ mod tests {
             vec![
                 ConvertedBlock {
                     block: 1,
-                    rate: CandidateRate(Rate::Linear),
+                    rate: Rate::Linear,
                     anchor_pattern: AnchorPattern::Strided,
                 },
                 ConvertedBlock {
                     block: 0,
-                    rate: CandidateRate(Rate::Hybrid(2)),
+                    rate: Rate::Hybrid(2),
                     anchor_pattern: AnchorPattern::Diagonal,
                 },
             ],

@@ -151,7 +151,7 @@ fn basic_operations(storage: &Storage) {
     let rt = runtime();
     rt.block_on(async {
         let job = storage.join("jobs/j1");
-        let shard = layout::cache_shard("j1", 3, 0);
+        let shard = format!("jobs/j1/{}", layout::cache_shard(3, 0));
         job.put("cache/block-03/shard-0001.safetensors", payload(10, 1))
             .await
             .unwrap();
@@ -759,7 +759,7 @@ fn tensor_checkpoints_round_trip_through_a_local_store() {
     let tmp = tempfile::tempdir().unwrap();
     let storage = Storage::from_url(&format!("file://{}", tmp.path().display())).unwrap();
     let rt = runtime();
-    let ck = Checkpointer::new(storage, layout::finetune_dir("j1").as_str(), 2, rt.handle().clone());
+    let ck = Checkpointer::new(storage, layout::FINETUNE_DIR, 2, rt.handle().clone());
 
     // Large enough that the weights go up multipart.
     let mut weight = Tensor::randn([5 * 1024, 1024], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);

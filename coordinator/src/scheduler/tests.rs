@@ -2,7 +2,12 @@
 //! sleeps, no threads, no store.
 
 use super::*;
-use crate::cluster::{Reject, ReportedLog, Stop, TaskReport, full_task_id};
+use crate::cluster::{Reject, ReportedLog, Stop, TaskReport};
+use surgery_core::ids::TaskRef;
+
+fn full_task_id(job: &str, task: &str) -> String {
+    TaskRef::new(job, task).to_string()
+}
 use surgery_core::spec::JobSpec;
 
 const TTL: i64 = 10_000;
@@ -167,7 +172,7 @@ impl Sim {
                 let metrics = BTreeMap::from([
                     (
                         surgery_core::results::HELDOUT_ERROR.to_string(),
-                        0.1 * (block + 1) as f64 + rate as f64 * 0.01,
+                        0.1 * (block + 1) as f64 + rate.code() as f64 * 0.01,
                     ),
                     (surgery_core::results::ATTENTION_MS.to_string(), 5.0),
                     (surgery_core::results::SOFTMAX_ATTENTION_MS.to_string(), 11.0),

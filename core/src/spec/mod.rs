@@ -8,13 +8,12 @@
 
 mod locate;
 mod parse;
-mod rate;
 mod validate;
 
 pub use parse::{FieldError, SpecError};
-pub use rate::CandidateRate;
 
 use crate::cost::{FeatureMapShape, ModelShape};
+use crate::rate::Rate;
 use serde::{Deserialize, Serialize};
 
 /// The spec versions this build understands.
@@ -142,7 +141,7 @@ pub struct SurgerySpec {
     pub attention: AttentionKind,
     /// Candidate rates to distill for the knapsack: integers >= 2 or `linear`.
     #[serde(default = "defaults::rates")]
-    pub rates: Vec<CandidateRate>,
+    pub rates: Vec<Rate>,
     #[serde(default)]
     pub anchor_pattern: AnchorPattern,
     #[serde(default)]
@@ -254,7 +253,7 @@ impl Default for KnapsackSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HomogeneousSpec {
-    pub rate: CandidateRate,
+    pub rate: Rate,
     pub blocks: u32,
 }
 
@@ -272,7 +271,7 @@ pub enum CostSource {
 #[serde(deny_unknown_fields)]
 pub struct LayoutEntry {
     pub blocks: Vec<u32>,
-    pub rate: CandidateRate,
+    pub rate: Rate,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -417,8 +416,7 @@ pub struct RetrySpec {
 }
 
 mod defaults {
-    use super::CandidateRate;
-    use crate::cost::Rate;
+    use crate::rate::Rate;
 
     pub fn prompts_per_shard() -> u32 {
         8
@@ -435,12 +433,8 @@ mod defaults {
     pub fn guidance() -> f64 {
         5.0
     }
-    pub fn rates() -> Vec<CandidateRate> {
-        vec![
-            CandidateRate(Rate::Hybrid(2)),
-            CandidateRate(Rate::Hybrid(4)),
-            CandidateRate(Rate::Hybrid(8)),
-        ]
+    pub fn rates() -> Vec<Rate> {
+        vec![Rate::Hybrid(2), Rate::Hybrid(4), Rate::Hybrid(8)]
     }
     pub fn budget() -> f64 {
         0.6
@@ -644,20 +638,20 @@ impl JobSpec {
     }
 
     /// The (block, rate) pairs the distill stage must train for the selection rule.
-    pub fn distill_pairs(&self) -> Vec<(u32, crate::cost::Rate)> {
+    pub fn distill_pairs(&self) -> Vec<(u32, Rate)> {
         let layers = self.model_shape().layers;
         match self.surgery.selection.rule() {
             SelectionRule::Knapsack(_) => (0..layers)
-                .flat_map(|block| self.surgery.rates.iter().map(move |rate| (block, rate.0)))
+                .flat_map(|block| self.surgery.rates.iter().map(move |rate| (block, *rate)))
                 .collect(),
-            SelectionRule::Homogeneous(h) => (0..layers).map(|block| (block, h.rate.0)).collect(),
+            SelectionRule::Homogeneous(h) => (0..layers).map(|block| (block, h.rate)).collect(),
             SelectionRule::Layout(entries) => {
-                let mut pairs: Vec<(u32, crate::cost::Rate)> = entries
+                let mut pairs: Vec<(u32, Rate)> = entries
                     .iter()
-                    .filter(|entry| entry.rate.0 != crate::cost::Rate::Softmax)
-                    .flat_map(|entry| entry.blocks.iter().map(move |block| (*block, entry.rate.0)))
+                    .filter(|entry| entry.rate != Rate::Softmax)
+                    .flat_map(|entry| entry.blocks.iter().map(move |block| (*block, entry.rate)))
                     .collect();
-                pairs.sort_by_key(|(block, rate)| (*block, rate.as_u32()));
+                pairs.sort_by_key(|(block, rate)| (*block, rate.code()));
                 pairs
             }
         }

@@ -2,7 +2,7 @@
 //! error comes back with the message, path and line the user sees.
 
 use super::*;
-use crate::cost::Rate;
+use crate::rate::Rate;
 
 const TINY: &str = include_str!("../../../configs/tiny.yaml");
 const WAN: &str = include_str!("../../../configs/wan2.1-1.3b.yaml");
@@ -61,7 +61,7 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(spec.sampler.shift, 5.0);
     assert_eq!(spec.sampler.scheduler, SchedulerKind::Unipc);
     assert_eq!(
-        spec.surgery.rates.iter().map(|r| r.0).collect::<Vec<_>>(),
+        spec.surgery.rates.clone(),
         vec![Rate::Hybrid(2), Rate::Hybrid(4), Rate::Hybrid(8)]
     );
     assert_eq!(spec.surgery.anchor_pattern, AnchorPattern::Strided);

@@ -5,7 +5,7 @@
 use super::locate::Locations;
 use super::parse::{FieldError, SpecError};
 use super::{AttentionKind, JobSpec, SUPPORTED_VERSION, SelectionRule};
-use crate::cost::Rate;
+use crate::rate::Rate;
 use std::collections::HashSet;
 
 struct Checker {
@@ -212,19 +212,19 @@ pub(super) fn validate(spec: &JobSpec, yaml: &str) -> Result<(), SpecError> {
         c.fail("surgery.rates", "needs at least one candidate rate for the knapsack");
     }
     let mut seen = HashSet::new();
-    for (i, rate) in surgery.rates.iter().enumerate() {
+    for (i, &rate) in surgery.rates.iter().enumerate() {
         let path = format!("surgery.rates[{i}]");
-        if rate.0 == Rate::Softmax {
+        if rate == Rate::Softmax {
             c.fail(
                 &path,
                 "rate 1 is the unchanged softmax block, always a choice; list only rates >= 2 or `linear`",
             );
-        } else if !seen.insert(rate.0) {
-            c.fail(&path, format!("rate {} is listed twice", rate.0));
-        } else if surgery.attention == AttentionKind::Linear && rate.0 != Rate::Linear {
-            c.fail(&path, format!("rate {} is a hybrid rate but surgery.attention is `linear`; use rates: [linear] or attention: hybrid", rate.0));
+        } else if !seen.insert(rate) {
+            c.fail(&path, format!("rate {} is listed twice", rate));
+        } else if surgery.attention == AttentionKind::Linear && rate != Rate::Linear {
+            c.fail(&path, format!("rate {} is a hybrid rate but surgery.attention is `linear`; use rates: [linear] or attention: hybrid", rate));
         }
-        if let Rate::Hybrid(r) = rate.0
+        if let Rate::Hybrid(r) = rate
             && r > 1024
         {
             c.fail(
@@ -253,13 +253,14 @@ pub(super) fn validate(spec: &JobSpec, yaml: &str) -> Result<(), SpecError> {
             c.range_f64("surgery.selection.knapsack.budget", knapsack.budget, 0.0, true, 1.0);
         }
         SelectionRule::Homogeneous(super::HomogeneousSpec { rate, blocks }) => {
-            if rate.0 == Rate::Softmax {
+            let rate = *rate;
+            if rate == Rate::Softmax {
                 c.fail(
                     "surgery.selection.homogeneous.rate",
                     "rate 1 converts nothing; use a rate >= 2 or `linear`",
                 );
             }
-            if surgery.attention == AttentionKind::Linear && rate.0 != Rate::Linear {
+            if surgery.attention == AttentionKind::Linear && rate != Rate::Linear {
                 c.fail(
                     "surgery.selection.homogeneous.rate",
                     "surgery.attention is `linear`, so the rate must be `linear`",
@@ -287,7 +288,7 @@ pub(super) fn validate(spec: &JobSpec, yaml: &str) -> Result<(), SpecError> {
                         "must list at least one block",
                     );
                 }
-                if surgery.attention == AttentionKind::Linear && !matches!(entry.rate.0, Rate::Linear | Rate::Softmax) {
+                if surgery.attention == AttentionKind::Linear && !matches!(entry.rate, Rate::Linear | Rate::Softmax) {
                     c.fail(
                         &format!("surgery.selection.layout[{i}].rate"),
                         "surgery.attention is `linear`, so a block is either `linear` or 1",

@@ -12,7 +12,7 @@
 
 use super::TokenGrid;
 use std::sync::Mutex;
-use surgery_core::cost::Rate;
+use surgery_core::rate::Rate;
 use surgery_core::spec::AnchorPattern;
 use tch::{Device, Kind, Tensor};
 

@@ -39,7 +39,7 @@ use super::feature_map::{FeatureMap, FeatureMapConfig, PsiPrecision};
 use super::{TokenGrid, softmax_attention};
 use tch::{Device, Kind, Tensor, nn};
 
-pub use surgery_core::cost::Rate;
+pub use surgery_core::rate::Rate;
 pub use surgery_core::spec::AnchorPattern;
 
 /// Everything that defines one block's hybrid attention besides its weights.

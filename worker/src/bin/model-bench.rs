@@ -14,7 +14,8 @@
 //!   weights.
 
 use std::time::Instant;
-use surgery_core::cost::{self, FeatureMapShape, Rate};
+use surgery_core::cost::{self, FeatureMapShape};
+use surgery_core::rate::Rate;
 use surgery_core::spec::{AnchorPattern, FeatureMapSpec};
 use surgery_worker::attention::hybrid::{HybridAttention, HybridConfig};
 use surgery_worker::attention::{TokenGrid, softmax_attention};

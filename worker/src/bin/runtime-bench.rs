@@ -18,14 +18,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use surgery_core::cost::Rate;
+use surgery_core::layout;
+use surgery_core::rate::Rate;
 use surgery_core::spec::{AnchorPattern, FeatureMapSpec, JobSpec};
 use surgery_worker::attention::SelfAttention;
 use surgery_worker::attention::hybrid::{HybridAttention, HybridConfig};
 use surgery_worker::collective::{Collective, Local, Nccl};
 use surgery_worker::model::{WanConfig, WanTransformer, weights};
 use surgery_worker::sampler::{self, Capture, Denoiser, NoCapture};
-use surgery_worker::stages::data::{BlockCache, cache_shard_path};
+use surgery_worker::stages::data::BlockCache;
 use surgery_worker::stages::distill::{TeacherBlock, rows};
 use surgery_worker::storage::{Checkpointer, SnapshotWriter, Storage, tensors};
 use surgery_worker::train::{
@@ -170,7 +171,9 @@ fn distill() {
         let hidden = Tensor::randn([2, tokens, cfg.dim()], (Kind::BFloat16, Device::Cpu));
         let tp = Tensor::randn([2, 6, cfg.dim()], (Kind::Float, Device::Cpu)) * 0.1;
         let bytes = tensors::to_bytes(&[("hidden", &hidden), ("timestep_proj", &tp)]);
-        runtime.block_on(store.put(&cache_shard_path(0, shard), bytes)).unwrap();
+        runtime
+            .block_on(store.put(&layout::cache_shard(0, shard), bytes))
+            .unwrap();
         for i in 0..2 {
             resident.push((hidden.narrow(0, i, 1).to_device(dev), tp.narrow(0, i, 1).to_device(dev)));
         }

@@ -6,11 +6,12 @@
 //! keep shards small at high resolution).
 
 use super::TaskContext;
-use super::data::{self, cache_shard_path, latents_shard_path};
+use super::data;
 use crate::agent::task::{TaskError, TaskOutput};
 use crate::sampler::{self, FlowMatchEuler, Scheduler, UniPc, UniPcConfig, prompt_seed, seeded_noise};
 use crate::storage::tensors;
 use std::collections::BTreeMap;
+use surgery_core::layout;
 use surgery_core::spec::SchedulerKind;
 use surgery_proto::v1 as pb;
 use tch::{Device, Kind, Tensor};
@@ -107,14 +108,14 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             ("prompt", &prompt_index),
             ("step", &step_index),
         ]);
-        let path = cache_shard_path(block as u32, params.shard);
+        let path = layout::cache_shard(block as u32, params.shard);
         ctx.block_on(ctx.job_storage()?.put(&path, bytes))
             .map_err(TaskError::retryable)?;
         artifacts.push(path);
     }
     let latents = Tensor::cat(&latents, 0);
     let prompt_ids: Vec<i64> = (first..first + params.num_prompts).map(i64::from).collect();
-    let path = latents_shard_path(params.shard);
+    let path = layout::latents_shard(params.shard);
     let bytes = tensors::to_bytes(&[("latents", &latents), ("prompt", &Tensor::from_slice(&prompt_ids))]);
     ctx.block_on(job.put(&path, bytes)).map_err(TaskError::retryable)?;
     artifacts.push(path);

@@ -180,7 +180,7 @@ impl BlockCache {
         let fraction = spec.stages.distill.heldout_fraction;
         BlockCache {
             storage: job.clone(),
-            paths: (0..shards as u32).map(|s| cache_shard_path(block, s)).collect(),
+            paths: (0..shards as u32).map(|s| layout::cache_shard(block, s)).collect(),
             sizes,
             heldout_every: (1.0 / fraction).round().max(2.0) as usize,
         }
@@ -305,21 +305,6 @@ fn shuffle<T>(items: &mut [T], rng: &mut crate::sampler::SeededRng) {
     }
 }
 
-/// `cache/block-{b}/shard-{s}.safetensors`, relative to the job root.
-pub fn cache_shard_path(block: u32, shard: u32) -> String {
-    strip_job(&layout::cache_shard("J", block, shard))
-}
-
-/// `latents/shard-{s}.safetensors`, relative to the job root.
-pub fn latents_shard_path(shard: u32) -> String {
-    strip_job(&layout::latents_shard("J", shard))
-}
-
-/// The layout's job-relative part (the job root is the storage's root).
-pub fn strip_job(path: &str) -> String {
-    path.strip_prefix("jobs/J/").expect("a job path").to_string()
-}
-
 /// Runs `init` with LibTorch's global generator seeded: parameter initialisation draws from
 /// it, and a worker runs tasks on several threads, so the seed and the draws happen under
 /// one lock - the same task initialises the same way whatever ran before it.
@@ -343,8 +328,6 @@ mod tests {
 
     #[test]
     fn job_relative_paths() {
-        assert_eq!(cache_shard_path(3, 1), "cache/block-03/shard-0001.safetensors");
-        assert_eq!(latents_shard_path(2), "latents/shard-0002.safetensors");
         assert_eq!(split_url("file:///a/b/p.safetensors"), ("file:///a/b", "p.safetensors"));
         assert_eq!(split_url("s3://bucket/p.safetensors"), ("s3://bucket", "p.safetensors"));
     }

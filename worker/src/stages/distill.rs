@@ -23,7 +23,6 @@ use crate::train::value_distillation_loss;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
-use surgery_core::cost::Rate;
 use surgery_core::spec::{DistillLoss, JobSpec};
 use surgery_core::{layout, results};
 use surgery_proto::v1 as pb;
@@ -148,7 +147,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         return Err(TaskError::Fatal("a distill task without distill parameters".into()));
     };
     let block = params.block as usize;
-    let rate = Rate::from_u32(params.rate);
+    let rate = params.rate();
     let job = ctx.job_storage()?;
     let (_teacher_vs, teacher) = data::teacher(ctx, &spec)?;
     let cfg = teacher.config().clone();
@@ -188,7 +187,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     // fp32 parameters: no master copies, but the same step as fine-tuning.
     let mut trainer = Trainer::new(&vs, distill.lr, distill.weight_decay)?;
 
-    let dir = data::strip_job(&layout::distill_dir("J", params.block, rate));
+    let dir = layout::distill_dir(params.block, rate);
     let checkpoints = SnapshotWriter::new(Checkpointer::new(
         job.clone(),
         &dir,
@@ -322,7 +321,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         .collect();
     outputs.sort_by(|a, b| a.0.cmp(&b.0));
     let refs: Vec<(&str, &Tensor)> = outputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let phi_path = format!("{dir}/phi.safetensors");
+    let phi_path = layout::distill_phi(params.block, rate);
     ctx.block_on(job.put(&phi_path, tensors::to_bytes(&refs)))
         .map_err(TaskError::retryable)?;
     let metrics = BTreeMap::from([
@@ -336,7 +335,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         (results::SOFTMAX_ATTENTION_MS.to_string(), softmax_ms),
     ]);
     let result = serde_json::json!({ "block": params.block, "rate": params.rate, "metrics": metrics, "loss_curve": meta.loss_curve });
-    let result_path = format!("{dir}/result.json");
+    let result_path = layout::distill_result(params.block, rate);
     ctx.block_on(job.put(&result_path, serde_json::to_vec_pretty(&result).expect("json").into()))
         .map_err(TaskError::retryable)?;
     checkpoints.flush().map_err(TaskError::retryable)?;

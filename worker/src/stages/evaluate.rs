@@ -65,13 +65,12 @@ fn sample_with(
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let spec = ctx.spec()?;
     let job = ctx.job_storage()?;
-    let export_dir = data::strip_job(&layout::export_dir("J"));
     let local = ctx
         .cache_dir
         .join("evaluate")
         .join(ctx.assignment.job_id.replace('/', "_"));
     let _ = std::fs::remove_dir_all(&local);
-    ctx.block_on(job.join(&export_dir).download_dir("", &local))
+    ctx.block_on(job.join(layout::EXPORT_DIR).download_dir("", &local))
         .map_err(TaskError::retryable)?;
     let student = Student::load(&local, ctx.device, kind_of(spec.teacher.dtype)).map_err(TaskError::retryable)?;
     let (_tvs, teacher) = data::teacher(ctx, &spec)?;
@@ -136,7 +135,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         "velocity_relative_error": velocity,
         "mean": metrics,
     });
-    let path = "evaluate/report.json".to_string();
+    let path = layout::EVALUATE_REPORT.to_string();
     ctx.block_on(job.put(&path, serde_json::to_vec_pretty(&report).expect("json").into()))
         .map_err(TaskError::retryable)?;
     Ok(TaskOutput {

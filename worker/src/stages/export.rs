@@ -13,8 +13,9 @@ use crate::sampler::seeded_noise;
 use crate::student::Student;
 use serde_json::json;
 use std::collections::BTreeMap;
-use surgery_core::cost::{self, Rate};
+use surgery_core::cost;
 use surgery_core::layout;
+use surgery_core::rate::Rate;
 use surgery_core::spec::JobSpec;
 use tch::{Kind, Tensor};
 
@@ -64,20 +65,19 @@ pub fn probe_shape(spec: &JobSpec) -> [i64; 5] {
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let spec = ctx.spec()?;
     let job = ctx.job_storage()?;
-    let final_dir = data::strip_job(&format!("{}/final", layout::finetune_dir("J")));
     let local = ctx
         .cache_dir
         .join("exports")
         .join(ctx.assignment.job_id.replace('/', "_"));
     let _ = std::fs::remove_dir_all(&local);
-    ctx.block_on(job.join(&final_dir).download_dir("", &local))
+    ctx.block_on(job.join(layout::FINETUNE_FINAL).download_dir("", &local))
         .map_err(TaskError::retryable)?;
     let student = Student::load(&local, ctx.device, kind_of(spec.teacher.dtype)).map_err(TaskError::retryable)?;
     let (_tvs, teacher) = data::teacher(ctx, &spec)?;
     ctx.handle.check()?;
 
     // The exported folder: the same files, under export/.
-    let export_dir = data::strip_job(&layout::export_dir("J"));
+    let export_dir = layout::EXPORT_DIR;
     let mut artifacts = Vec::new();
     for entry in std::fs::read_dir(&local).map_err(TaskError::retryable)? {
         let entry = entry.map_err(TaskError::retryable)?;
@@ -101,7 +101,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         .map(|(b, rate)| {
             json!({
                 "block": b,
-                "rate": rate.as_u32(),
+                "rate": rate.code(),
                 "rate_name": rate.to_string(),
                 "attention_flops": cost::attention_flops(&shape, &fmap, tokens, *rate),
             })
@@ -121,13 +121,10 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         if *rate == Rate::Softmax {
             continue;
         }
-        let path = format!(
-            "{}/result.json",
-            data::strip_job(&layout::distill_dir("J", b as u32, *rate))
-        );
+        let path = layout::distill_result(b as u32, *rate);
         let bytes = ctx.block_on(job.get(&path)).map_err(TaskError::retryable)?;
         let result: serde_json::Value = serde_json::from_slice(&bytes).map_err(TaskError::retryable)?;
-        distill.push(json!({ "block": b, "rate": rate.as_u32(), "metrics": result["metrics"] }));
+        distill.push(json!({ "block": b, "rate": rate.code(), "metrics": result["metrics"] }));
     }
     let finetune = ctx
         .assignment
@@ -163,7 +160,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             "velocity_relative_error_vs_teacher": probe_rel,
         },
     });
-    let path = format!("{export_dir}/report.json");
+    let path = layout::EXPORT_REPORT.to_string();
     ctx.block_on(job.put(&path, serde_json::to_vec_pretty(&report).expect("json").into()))
         .map_err(TaskError::retryable)?;
     artifacts.push(path);

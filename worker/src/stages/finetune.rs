@@ -26,9 +26,9 @@ use crate::student::{ConvertedBlock, Student, SurgeryConfig};
 use crate::train::{flow_matching_loss, recompute, shift_sigma, timestep_of};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use surgery_core::cost::Rate;
 use surgery_core::layout;
-use surgery_core::spec::{CandidateRate, JobSpec};
+use surgery_core::rate::Rate;
+use surgery_core::spec::JobSpec;
 use tch::{Kind, Tensor};
 
 const SEED_ORDER: u64 = 0xF1_0001;
@@ -56,7 +56,7 @@ impl Dataset {
         if spec.data.finetune_data == "capture" {
             let prompts = data::prompts(ctx, spec)?;
             for shard in 0..spec.capture_shards() {
-                let path = data::latents_shard_path(shard);
+                let path = layout::latents_shard(shard);
                 let bytes = ctx.block_on(job.get(&path)).map_err(TaskError::retryable)?;
                 let map = tensors::from_bytes(&bytes).map_err(TaskError::retryable)?;
                 let (Some(l), Some(p)) = (map.get("latents"), map.get("prompt")) else {
@@ -117,10 +117,11 @@ fn build_student(ctx: &TaskContext, spec: &JobSpec, job: &Storage) -> Result<Stu
         .assignment
         .layout
         .iter()
-        .filter(|b| b.rate != 1)
-        .map(|b| ConvertedBlock {
-            block: b.block,
-            rate: CandidateRate(Rate::from_u32(b.rate)),
+        .map(|b| b.pair())
+        .filter(|(_, rate)| *rate != Rate::Softmax)
+        .map(|(block, rate)| ConvertedBlock {
+            block,
+            rate,
             anchor_pattern: spec.surgery.anchor_pattern,
         })
         .collect();
@@ -134,10 +135,7 @@ fn build_student(ctx: &TaskContext, spec: &JobSpec, job: &Storage) -> Result<Stu
     let mut student = Student::from_teacher(&teacher_dir, surgery, ctx.device, kind_of(spec.teacher.dtype))
         .map_err(TaskError::fatal)?;
     for block in &converted {
-        let path = format!(
-            "{}/phi.safetensors",
-            data::strip_job(&layout::distill_dir("J", block.block, block.rate.0))
-        );
+        let path = layout::distill_phi(block.block, block.rate);
         let bytes = ctx.block_on(job.get(&path)).map_err(TaskError::retryable)?;
         let phi = tensors::from_bytes(&bytes).map_err(TaskError::retryable)?;
         student
@@ -207,10 +205,10 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     };
     let dataset = Dataset::load(ctx, &spec, &job)?;
     let mut trainer = Trainer::new(&student.vs, ft.lr, ft.weight_decay)?;
-    let dir = data::strip_job(&layout::finetune_dir("J"));
+    let dir = layout::FINETUNE_DIR;
     let checkpoints = SnapshotWriter::new(Checkpointer::new(
         job.clone(),
-        &dir,
+        dir,
         spec.checkpoint.keep_last as usize,
         ctx.runtime.clone(),
     ));
@@ -316,7 +314,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     }
 
     // The final student, for export.
-    let final_dir = format!("{dir}/final");
+    let final_dir = layout::FINETUNE_FINAL;
     let local = tempfile::tempdir().map_err(TaskError::retryable)?;
     student.save(local.path()).map_err(TaskError::retryable)?;
     let mut artifacts = Vec::new();
@@ -329,7 +327,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             .map_err(TaskError::retryable)?;
         artifacts.push(path);
     }
-    let curve_path = format!("{dir}/loss_curve.json");
+    let curve_path = layout::FINETUNE_LOSS_CURVE.to_string();
     ctx.block_on(job.put(&curve_path, serde_json::to_vec(&meta.loss_curve).expect("json").into()))
         .map_err(TaskError::retryable)?;
     artifacts.push(curve_path);
