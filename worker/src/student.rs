@@ -4,11 +4,13 @@
 //! On disk a student is a diffusers-format folder - the teacher's `config.json` and one
 //! safetensors file holding the teacher's tensors plus every converted block's
 //! `blocks.{i}.attn1.phi_{q,k}.*` - and `surgery.json`, which names each converted block's
-//! rate and anchor pattern and the feature-map shape. diffusers itself can read the
+//! rate and anchor pattern, the feature-map shape and the shared normaliser the feature
+//! maps were trained for (a phi trained under one normaliser is mis-scaled under the
+//! other, so loading refuses a student made with another one than this worker computes). diffusers itself can read the
 //! teacher part; [`Student::load`] reads all of it back to the same outputs.
 
 use crate::attention::SelfAttention;
-use crate::attention::hybrid::{HybridAttention, HybridConfig};
+use crate::attention::hybrid::{HybridAttention, HybridConfig, Normaliser};
 use crate::model::weights::{self, WeightsError};
 use crate::model::{WanConfig, WanTransformer};
 use serde::{Deserialize, Serialize};
@@ -38,6 +40,10 @@ pub struct ConvertedBlock {
 pub struct SurgeryConfig {
     pub format: u32,
     pub feature_map: FeatureMapSpec,
+    /// The shared normaliser of the hybrid blocks (METHOD.md section 1). Absent in
+    /// students made before the normaliser revision (they used `anchor_sum`).
+    #[serde(default)]
+    pub normaliser: Option<Normaliser>,
     /// In block order; blocks not listed keep softmax attention.
     pub blocks: Vec<ConvertedBlock>,
 }
@@ -48,6 +54,7 @@ impl SurgeryConfig {
         SurgeryConfig {
             format: FORMAT,
             feature_map,
+            normaliser: Some(Normaliser::default()),
             blocks,
         }
     }
@@ -68,6 +75,19 @@ impl SurgeryConfig {
             return Err(StudentError::Surgery(format!(
                 "format {} is not supported (this worker reads {FORMAT})",
                 self.format
+            )));
+        }
+        let ours = Normaliser::default();
+        if self.normaliser != Some(ours) {
+            let theirs = self.normaliser.map_or(
+                "anchor_sum (c_i = LSE over the anchors; made before the normaliser revision)",
+                |n| n.word(),
+            );
+            return Err(StudentError::Surgery(format!(
+                "this student's feature maps were trained with the {theirs} normaliser, but this worker computes \
+                 hybrid attention with {} (c_i = LSE over the anchors - log |T_S|, METHOD.md section 1); \
+                 its phi would be mis-scaled. Re-run the surgery (capture can be reused) to get a student for this worker",
+                ours.word()
             )));
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -114,13 +134,16 @@ fn convert(vs: &VarStore, model: &mut WanTransformer, surgery: &SurgeryConfig) {
     let cfg = model.config().clone();
     for b in &surgery.blocks {
         let path = vs.root() / "blocks" / i64::from(b.block) / "attn1";
-        let hybrid = HybridConfig::from_spec(
-            &surgery.feature_map,
-            cfg.num_attention_heads,
-            cfg.attention_head_dim,
-            b.rate,
-            b.anchor_pattern,
-        );
+        let hybrid = HybridConfig {
+            normaliser: surgery.normaliser.unwrap_or_default(),
+            ..HybridConfig::from_spec(
+                &surgery.feature_map,
+                cfg.num_attention_heads,
+                cfg.attention_head_dim,
+                b.rate,
+                b.anchor_pattern,
+            )
+        };
         model.set_self_attention(
             b.block as usize,
             SelfAttention::Hybrid(HybridAttention::new(&path, hybrid)),
@@ -317,5 +340,37 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("phi_"), "{err}");
+    }
+
+    #[test]
+    fn a_student_of_another_normaliser_is_refused() {
+        crate::runtime::init();
+        let dir = tempfile::tempdir().unwrap();
+        let student = Student::from_teacher(&golden("tiny_a"), surgery(), Device::Cpu, Kind::Float).unwrap();
+        student.save(dir.path()).unwrap();
+        let path = dir.path().join(SURGERY_FILE);
+        let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(saved["normaliser"], "anchor_mean");
+
+        // Made with the first normaliser (written by this worker's comparison path) ...
+        let mut other = saved.clone();
+        other["normaliser"] = "anchor_sum".into();
+        std::fs::write(&path, other.to_string()).unwrap();
+        let err = Student::load(dir.path(), Device::Cpu, Kind::Float)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("trained with the anchor_sum normaliser"), "{err}");
+        assert!(err.contains("Re-run the surgery"), "{err}");
+
+        // ... or before the revision, when surgery.json did not record it.
+        let mut old = saved;
+        old.as_object_mut().unwrap().remove("normaliser");
+        std::fs::write(&path, old.to_string()).unwrap();
+        let err = Student::load(dir.path(), Device::Cpu, Kind::Float)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("made before the normaliser revision"), "{err}");
     }
 }

@@ -23,18 +23,23 @@
 //! * activation between the two layers: exact (erf) GELU, the usual transformer MLP
 //!   non-linearity; smooth, so phi is smooth in q and k.
 //! * initialisation: w1, b1, w2 as `torch.nn.Linear` does by default (uniform
-//!   +-1/sqrt(fan_in)); then b2 is set to [`INIT_SOFTPLUS_BIAS`] = -7 on the softplus
-//!   chunks (chunk 1, odd p >= 3) and 0 on the even ones, and the power chunks' (p >= 2)
-//!   columns of w2 are scaled by [`INIT_POWER_GAIN`] = 0.1. In that regime
-//!   softplus(x) ~ exp(x), so chunk 1 starts as positive random features exp(psi_1(x))
-//!   (the Performer-style approximation of an exponential kernel, which keeps learning at
-//!   a normal rate in log space) and the per-pair kernel phi_q . phi_k starts small:
-//!   about 1.3e-4 for unit-RMS q, k at the Wan shape (3.5e-3 at RMS 3). With METHOD's
-//!   normaliser c_i = LSE over the anchors, the ideal kernel is exp(s_ij - c_i), of order
-//!   |T_S|^-1 = R / N for diffuse attention, about 1e-4 at the project's resolutions
-//!   (N = 12,600 to 32,760): the untrained hybrid starts close to softmax over the
-//!   anchors plus a linear part of about the right weight, instead of the ~60 per pair
-//!   (a linear part 10^6 times too heavy at 480p) of the plain default initialisation.
+//!   +-1/sqrt(fan_in)); the power chunks' (p >= 2) columns of w2 are scaled by
+//!   [`INIT_POWER_GAIN`] = 0.1 and their biases start at 0 (even p); the softplus
+//!   chunks' biases (chunk 1, odd p >= 3) start at b = softplus^-1(sqrt(kappa / n1)),
+//!   n1 the width of chunk 1 ([`init_softplus_bias`]). Derivation: with those weights
+//!   psi_1(x) = b + noise of std ~0.2, so every feature of chunk 1 is ~softplus(b) and
+//!   the initial per-pair kernel phi_q . phi_k ~ n1 softplus(b)^2 = kappa (the power
+//!   chunks add ~1e-6). kappa is the kernel the shared normaliser asks for when
+//!   attention is diffuse ([`Normaliser::initial_kernel`](super::hybrid::Normaliser)):
+//!   exp(s_ij - c_i) with equal scores, i.e. 1 under METHOD's revised normaliser
+//!   c_i = LSE - log |T_S| (b = -2.4 at the paper's D' = 256, n1 = 128), so the
+//!   untrained hybrid starts as softmax over the anchors plus a linear part of about
+//!   the right weight at every resolution. (Under the first normaliser, c_i = LSE, the
+//!   ideal kernel is R / N, about 1e-4 at Wan's resolutions: b = -7.) For b well below
+//!   0, softplus(x) ~ exp(x): chunk 1 is then positive random features exp(psi_1(x)),
+//!   the Performer-style approximation of an exponential kernel, which learns at a
+//!   normal rate in log space. The plain default initialisation would start near 60
+//!   per pair, a linear part hundreds of times too heavy.
 //!   [`HybridAttention`](super::hybrid::HybridAttention) starts phi_k as an exact copy of
 //!   phi_q: the untrained kernel is then symmetric and positive semi-definite in the space
 //!   where the teacher takes q . k and grows with q . k (correlation of log kernel with
@@ -57,10 +62,16 @@
 
 use tch::{Kind, Tensor, nn};
 
-/// Initial bias of psi's softplus chunks (chunk 1 and odd p >= 3): softplus(x) ~ exp(x)
-/// there, so chunk 1 starts as positive random features exp(psi_1) with a small
-/// per-pair kernel (see the module documentation).
-pub const INIT_SOFTPLUS_BIAS: f64 = -7.0;
+/// Initial bias of psi's softplus chunks (chunk 1 and odd p >= 3) for an initial per-pair
+/// kernel `kernel` with chunk 1 `chunk1_width` wide: softplus^-1(sqrt(kernel / n1)) (see
+/// the module documentation).
+pub fn init_softplus_bias(kernel: f64, chunk1_width: i64) -> f64 {
+    assert!(
+        kernel > 0.0 && chunk1_width >= 1,
+        "bad initial kernel {kernel} or width {chunk1_width}"
+    );
+    (kernel / chunk1_width as f64).sqrt().exp_m1().ln()
+}
 
 /// Initial gain on psi's second-layer weights of the power chunks p >= 2 (their biases
 /// start at 0 for even p): small, so the polynomial terms start below chunk 1.
@@ -166,8 +177,14 @@ fn check(config: &FeatureMapConfig) {
 
 impl FeatureMap {
     /// Creates `w1`, `b1`, `w2`, `b2` under `path` with the initialisation of the module
-    /// documentation.
+    /// documentation for an initial kernel of 1 (METHOD's mean normaliser).
     pub fn new(path: &nn::Path, config: FeatureMapConfig) -> FeatureMap {
+        Self::with_initial_kernel(path, config, 1.0)
+    }
+
+    /// [`FeatureMap::new`] with the softplus biases set for an initial per-pair kernel
+    /// phi_q . phi_k of about `kernel`.
+    pub fn with_initial_kernel(path: &nn::Path, config: FeatureMapConfig, kernel: f64) -> FeatureMap {
         check(&config);
         let FeatureMapConfig {
             heads: h,
@@ -188,6 +205,7 @@ impl FeatureMap {
             w2: path.var("w2", &[h, hidden, features], u(hidden)),
             b2: path.var("b2", &[h, features], u(hidden)),
         };
+        let softplus_bias = init_softplus_bias(kernel, config.chunk_sizes()[0]);
         tch::no_grad(|| {
             let mut start = 0;
             for (i, size) in config.chunk_sizes().into_iter().enumerate() {
@@ -195,7 +213,7 @@ impl FeatureMap {
                 let _ = map
                     .b2
                     .narrow(-1, start, size)
-                    .fill_(if p % 2 == 1 { INIT_SOFTPLUS_BIAS } else { 0.0 });
+                    .fill_(if p % 2 == 1 { softplus_bias } else { 0.0 });
                 if p >= 2 {
                     let _ = map.w2.narrow(-1, start, size).g_mul_scalar_(INIT_POWER_GAIN);
                 }
@@ -225,8 +243,9 @@ impl FeatureMap {
 
     /// psi(x): x [B, H, N, d] -> [B, H, N, D'], the raw MLP output, fp32 (fp64 for fp64
     /// x). The matmuls and GELU run in x's dtype ([`PsiPrecision::Input`]) or fp32; the
-    /// second layer's output is cast to fp32 before its bias is added, so the large
-    /// initial softplus bias (-7, where a bf16 ulp is 0.03) costs no precision.
+    /// second layer's output is cast to fp32 before its bias is added, so a large
+    /// initial softplus bias (-7 under the first normaliser, where a bf16 ulp is 0.03)
+    /// costs no precision.
     pub fn psi(&self, x: &Tensor) -> Tensor {
         let acc = if x.kind() == Kind::Double {
             Kind::Double
@@ -343,5 +362,28 @@ mod tests {
         let err = (&y - &y32).abs().max().double_value(&[]);
         let scale = y32.abs().max().double_value(&[]);
         assert!(err <= 2e-2 * scale, "bf16 phi error {err} vs scale {scale}");
+    }
+
+    #[test]
+    fn initial_kernel_is_what_the_normaliser_asks_for() {
+        tch::manual_seed(3);
+        for (kernel, bias) in [(1.0, -2.38), (1e-4, -7.03)] {
+            assert!((init_softplus_bias(kernel, 128) - bias).abs() < 0.01, "{kernel}");
+        }
+        for kernel in [1.0, 1e-4] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = FeatureMap::with_initial_kernel(&vs.root(), FeatureMapConfig::wan(), kernel);
+            let q = Tensor::randn([1, 12, 64, 128], (Kind::Float, Device::Cpu));
+            let k = Tensor::randn([1, 12, 64, 128], (Kind::Float, Device::Cpu));
+            let mean = m
+                .forward(&q)
+                .matmul(&m.forward(&k).transpose(-2, -1))
+                .mean(Kind::Float)
+                .double_value(&[]);
+            assert!(
+                mean > 0.5 * kernel && mean < 2.0 * kernel,
+                "kernel {kernel}: mean {mean}"
+            );
+        }
     }
 }

@@ -2,20 +2,25 @@
 //!
 //! Keys/values split into anchors T_S ([`anchors`](super::anchors): strided `i mod R == 0`
 //! or diagonal `(f + h + w) mod R == 0`) and linear tokens T_L. With s_ij = q_i.k_j/sqrt(d)
-//! and the shared normaliser c_i = log-sum-exp of the anchor scores (METHOD's
-//! **decision**):
+//! and a shared normaliser c_i:
 //!
 //! ```text
 //! y_i = [ sum_{j in T_S} exp(s_ij - c_i) v_j + phi_q(q_i).S ] / [ sum_{j in T_S} exp(s_ij - c_i) + phi_q(q_i).z + eps ]
-//!     = ( O_i + phi_q(q_i).S ) / ( 1 + phi_q(q_i).z + eps )
+//!     = ( a O_i + phi_q(q_i).S ) / ( a + phi_q(q_i).z + eps )
 //! S = sum_{j in T_L} phi_k(k_j)^T v_j  [D', d]        z = sum_{j in T_L} phi_k(k_j)  [D']
 //! ```
 //!
-//! because with c_i = LSE the anchor weights sum to exactly 1 and their weighted sum of
-//! values is O_i = softmax attention over the anchors, one fused SDPA call (default
-//! 1/sqrt(d) scale). Rate 1 is exactly the teacher's [`softmax_attention`]; `linear`
-//! has no anchors: y_i = phi_q(q_i).S / (phi_q(q_i).z + eps). eps sits in the
-//! denominator only when there is a linear part.
+//! where O_i is softmax attention over the anchors (one fused SDPA call, default
+//! 1/sqrt(d) scale) and a is the anchors' total weight under c_i ([`Normaliser`]):
+//! METHOD's revised **decision** c_i = LSE_{T_S}(s_i) - log |T_S| (the anchors'
+//! *mean* exponential) gives a = |T_S|, so the kernel phi_q . phi_k imitates
+//! exp(s_ij) / mean_{T_S} exp(s_ik), which does not depend on the token count: a phi
+//! distilled at one resolution or frame count transfers to another. The first version,
+//! c_i = LSE (a = 1), made the ideal kernel shrink like R / N; it is kept as
+//! [`Normaliser::AnchorSum`] for comparisons only (students record their normaliser and
+//! loading refuses the other). Rate 1 is exactly the teacher's [`softmax_attention`];
+//! `linear` has no anchors and no c_i: y_i = phi_q(q_i).S / (phi_q(q_i).z + eps). eps
+//! sits in the denominator only when there is a linear part.
 //!
 //! Fast path ([`HybridAttention::forward`]), free of device-to-host synchronisation:
 //! strided anchors are the view `x.slice(2, 0, N, R)` handed to SDPA (no copy), diagonal
@@ -42,6 +47,47 @@ use tch::{Device, Kind, Tensor, nn};
 pub use surgery_core::rate::Rate;
 pub use surgery_core::spec::AnchorPattern;
 
+/// The shared normaliser c_i of the anchor scores (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normaliser {
+    /// c_i = LSE over the anchors - log |T_S|: the anchors weigh |T_S| in total and the
+    /// ideal kernel is independent of the token count (METHOD's revised decision).
+    #[default]
+    AnchorMean,
+    /// c_i = LSE over the anchors (the first version): the anchors weigh 1 in total and
+    /// the ideal kernel scales like R / N. For comparisons only.
+    AnchorSum,
+}
+
+impl Normaliser {
+    /// The anchors' total weight a = sum_{j in T_S} exp(s_ij - c_i) for |T_S| anchors.
+    pub fn anchor_weight(self, num_anchors: i64) -> f64 {
+        match self {
+            Normaliser::AnchorMean => num_anchors as f64,
+            Normaliser::AnchorSum => 1.0,
+        }
+    }
+
+    /// What phi_q . phi_k should start at: the ideal kernel for diffuse attention,
+    /// exp(s_ij - c_i) with every score equal - 1 under the mean normaliser; 1 / |T_S| =
+    /// R / N under the sum, taken at the project's resolutions (about 1e-4, N = 12,600
+    /// to 32,760). See [`feature_map`](super::feature_map) for how the init meets it.
+    pub fn initial_kernel(self) -> f64 {
+        match self {
+            Normaliser::AnchorMean => 1.0,
+            Normaliser::AnchorSum => 1e-4,
+        }
+    }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Normaliser::AnchorMean => "anchor_mean",
+            Normaliser::AnchorSum => "anchor_sum",
+        }
+    }
+}
+
 /// Everything that defines one block's hybrid attention besides its weights.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HybridConfig {
@@ -51,6 +97,7 @@ pub struct HybridConfig {
     pub eps: f64,
     pub rate: Rate,
     pub pattern: AnchorPattern,
+    pub normaliser: Normaliser,
 }
 
 impl HybridConfig {
@@ -68,6 +115,7 @@ impl HybridConfig {
             eps: spec.eps,
             rate,
             pattern,
+            normaliser: Normaliser::default(),
         }
     }
 }
@@ -82,6 +130,7 @@ pub struct HybridAttention {
     pub phi_q: Box<FeatureMap>,
     pub phi_k: Box<FeatureMap>,
     pub eps: f64,
+    pub normaliser: Normaliser,
     index: IndexCache,
 }
 
@@ -100,7 +149,11 @@ impl HybridAttention {
     pub fn new(path: &nn::Path, config: HybridConfig) -> HybridAttention {
         assert!(config.rate.is_valid(), "invalid rate {:?}", config.rate);
         assert!(config.eps >= 0.0, "eps must be >= 0, got {}", config.eps);
-        let phi_q = FeatureMap::new(&(path / "phi_q"), config.feature_map);
+        let phi_q = FeatureMap::with_initial_kernel(
+            &(path / "phi_q"),
+            config.feature_map,
+            config.normaliser.initial_kernel(),
+        );
         let phi_k = FeatureMap::new_copy_of(&(path / "phi_k"), &phi_q);
         HybridAttention {
             rate: config.rate,
@@ -108,6 +161,7 @@ impl HybridAttention {
             phi_q: Box::new(phi_q),
             phi_k: Box::new(phi_k),
             eps: config.eps,
+            normaliser: config.normaliser,
             index: IndexCache::default(),
         }
     }
@@ -180,9 +234,10 @@ impl HybridAttention {
             .expect("a non-softmax rate has a linear part");
         let y = match (idx.select_anchors(k), idx.select_anchors(v)) {
             (Some(ka), Some(va)) => {
-                // One fused call; its log-sum-exp normaliser is c_i.
+                // One fused call gives O_i; the anchors weigh a in total under c_i.
                 let o = Tensor::scaled_dot_product_attention(q, &ka, &va, None::<&Tensor>, 0.0, false, None, false);
-                (o.to_kind(acc) + num) / (den + (1.0 + self.eps))
+                let a = self.normaliser.anchor_weight(idx.num_anchors);
+                (o.to_kind(acc) * a + num) / (den + (a + self.eps))
             }
             _ => num / (den + self.eps),
         };
@@ -190,7 +245,8 @@ impl HybridAttention {
     }
 
     /// The first formula of METHOD.md section 1, literally: explicit scores
-    /// s = q k^T / sqrt(d), c_i = logsumexp of s_i over the anchors (a masked logsumexp),
+    /// s = q k^T / sqrt(d), c_i = logsumexp of s_i over the anchors (a masked logsumexp)
+    /// minus log |T_S| under the mean normaliser,
     /// anchor weights exp(s_ij - c_i) masked to T_S, the linear weights
     /// phi_q(q_i).phi_k(k_j) masked to T_L, one division. fp64 internally, O(N^2) memory;
     /// returns q's dtype. Differentiable (to q, k, v and phi). For tests and checks only.
@@ -217,7 +273,11 @@ impl HybridAttention {
         let anchor_part = has_anchor.then(|| {
             let s = q64.matmul(&k64.transpose(-2, -1)) / (d as f64).sqrt(); // [B, H, N, N]
             let s_anchor = s.masked_fill(&not_anchor, f64::NEG_INFINITY);
-            let c = s_anchor.logsumexp(-1, true); // [B, H, N, 1]
+            let lse = s_anchor.logsumexp(-1, true); // [B, H, N, 1]
+            let c = match self.normaliser {
+                Normaliser::AnchorMean => lse - (mask.iter().filter(|&&a| a > 0.0).count() as f64).ln(),
+                Normaliser::AnchorSum => lse,
+            };
             let w = (s_anchor - c).exp(); // 0 off the anchors
             (w.matmul(&v64), w.sum_dim_intlist(-1, true, Kind::Double))
         });

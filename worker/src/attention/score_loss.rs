@@ -6,12 +6,12 @@
 //!   the anchors are handled exactly by softmax. At rate `linear` every key counts.
 //! * The target is normalised per query. [`ScoreNormaliser::Forward`] (default) uses the
 //!   forward pass's own normaliser, t_ij = exp(s_ij - c_i) with s = q k^T / sqrt(d) and
-//!   c_i = logsumexp of s_i over the anchors (over all keys at rate `linear`, where the
-//!   target is then the softmax probabilities, in [0, 1]). This is the one target for
-//!   which a perfect fit makes the hybrid output equal the teacher's softmax exactly.
-//!   It is bounded by exp(max_{j in T_L} s_ij - max_{j in T_S} s_ij), the gap between the
-//!   best linear key and the best anchor, and each row sums to (softmax mass on T_L) /
-//!   (softmax mass on T_S) (about R - 1 for diffuse attention).
+//!   c_i the hybrid's ([`Normaliser`]: logsumexp of s_i over the anchors minus
+//!   log |T_S| by default; over all keys at rate `linear`, where the target is then the
+//!   softmax probabilities, in [0, 1]). This is the one target for which a perfect fit
+//!   makes the hybrid output equal the teacher's softmax exactly. Under the mean
+//!   normaliser each row sums to |T_S| (softmax mass on T_L) / (softmax mass on T_S),
+//!   about |T_L| for diffuse attention (entries about 1).
 //!   [`ScoreNormaliser::RowMax`] is the literal stabilised form exp(s_ij - max_j s_ij)
 //!   (max over all keys), in (0, 1]; it does not match the forward pass's normaliser, so
 //!   a perfect fit of it still leaves a per-query error in the anchor/linear balance.
@@ -26,14 +26,14 @@
 //!   target and as much for the kernel. m = 1 is the full loss.
 
 use super::TokenGrid;
-use super::hybrid::HybridAttention;
+use super::hybrid::{HybridAttention, Normaliser};
 use tch::{Kind, Tensor};
 
 /// How the score target is normalised per query (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ScoreNormaliser {
-    /// exp(s_ij - c_i), c_i the forward pass's normaliser (logsumexp over the anchors;
-    /// over all keys at rate `linear`).
+    /// exp(s_ij - c_i), c_i the forward pass's normaliser (the hybrid's [`Normaliser`]
+    /// over the anchors; logsumexp over all keys at rate `linear`).
     #[default]
     Forward,
     /// exp(s_ij - max over all keys of s_i).
@@ -92,7 +92,10 @@ pub fn attention_score_loss_with(
         let s_lin = scores(&kl); // [B, H, nq, L]
         let s_anchor = idx.select_anchors(k).map(|ka| scores(&ka)); // [B, H, nq, A]
         let c = match (normaliser, &s_anchor) {
-            (ScoreNormaliser::Forward, Some(sa)) => sa.logsumexp(-1, true),
+            (ScoreNormaliser::Forward, Some(sa)) => match att.normaliser {
+                Normaliser::AnchorMean => sa.logsumexp(-1, true) - (idx.num_anchors as f64).ln(),
+                Normaliser::AnchorSum => sa.logsumexp(-1, true),
+            },
             (ScoreNormaliser::Forward, None) => s_lin.logsumexp(-1, true),
             (ScoreNormaliser::RowMax, Some(sa)) => s_lin.amax(-1, true).maximum(&sa.amax(-1, true)),
             (ScoreNormaliser::RowMax, None) => s_lin.amax(-1, true),
