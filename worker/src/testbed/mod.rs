@@ -1,0 +1,22 @@
+//! The quality testbed: procedurally generated videos whose ground truth is known, so a small
+//! Wan-architecture teacher (and the hybrid student distilled from it) can be judged by numbers
+//! a test computes. This module owns the generator and its measurements; it trains nothing and
+//! runs no stage.
+//!
+//! - [`scene`]: the attributes of a clip's objects, the [`Prompt`] naming them, the clip
+//!   [`Geometry`] and the closed-form bouncing motion.
+//! - [`render`]: prompt -> [`Video`] and prompt -> [`GroundTruth`], pure and deterministic.
+//! - [`video`]: [`Video`], RGB frames `[3, F, H, W]` in `[-1, 1]` in plain Rust.
+//! - [`regions`]: an object's pixels in a frame (small components dropped) and their statistics.
+//!
+//! Everything here is pure Rust apart from the codec and the embedding tensors, which use tch;
+//! randomness is [`crate::sampler::SeededRng`] with fixed or given seeds, never LibTorch's generator.
+
+pub mod regions;
+pub mod render;
+pub mod scene;
+pub mod video;
+
+pub use render::{GroundTruth, ObjectFrameTruth, ground_truth, render, render_background};
+pub use scene::{Background, Cell, Colour, Direction, Geometry, Prompt, PromptError, SceneObject, Shape, Speed};
+pub use video::Video;
