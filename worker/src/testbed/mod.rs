@@ -5,6 +5,8 @@
 //!
 //! - [`scene`]: the attributes of a clip's objects, the [`Prompt`] naming them, the clip
 //!   [`Geometry`] and the closed-form bouncing motion.
+//! - [`prompts`]: seeded training and held-out [`PromptSet`]s; held-out prompts show (shape,
+//!   colour) pairs training never does.
 //! - [`render`]: prompt -> [`Video`] and prompt -> [`GroundTruth`], pure and deterministic.
 //! - [`video`]: [`Video`], RGB frames `[3, F, H, W]` in `[-1, 1]` in plain Rust.
 //! - [`regions`]: an object's pixels in a frame (small components dropped) and their statistics.
@@ -12,11 +14,13 @@
 //! Everything here is pure Rust apart from the codec and the embedding tensors, which use tch;
 //! randomness is [`crate::sampler::SeededRng`] with fixed or given seeds, never LibTorch's generator.
 
+pub mod prompts;
 pub mod regions;
 pub mod render;
 pub mod scene;
 pub mod video;
 
+pub use prompts::{PromptSet, PromptSetSpec, Split};
 pub use render::{GroundTruth, ObjectFrameTruth, ground_truth, render, render_background};
 pub use scene::{Background, Cell, Colour, Direction, Geometry, Prompt, PromptError, SceneObject, Shape, Speed};
 pub use video::Video;
