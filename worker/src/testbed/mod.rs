@@ -9,17 +9,23 @@
 //!   colour) pairs training never does.
 //! - [`render`]: prompt -> [`Video`] and prompt -> [`GroundTruth`], pure and deterministic.
 //! - [`video`]: [`Video`], RGB frames `[3, F, H, W]` in `[-1, 1]` in plain Rust.
+//! - [`embedding`]: the [`CodeBook`] turning a prompt into `[L, text_dim]` text embeddings.
+//! - [`codec`]: the exact 4 x 4 space-to-depth "VAE", pixels `[3, F, H, W]` <-> latents
+//!   `[48, F, H/4, W/4]`.
 //! - [`regions`]: an object's pixels in a frame (small components dropped) and their statistics.
 //!
 //! Everything here is pure Rust apart from the codec and the embedding tensors, which use tch;
 //! randomness is [`crate::sampler::SeededRng`] with fixed or given seeds, never LibTorch's generator.
 
+pub mod codec;
+pub mod embedding;
 pub mod prompts;
 pub mod regions;
 pub mod render;
 pub mod scene;
 pub mod video;
 
+pub use embedding::CodeBook;
 pub use prompts::{PromptSet, PromptSetSpec, Split};
 pub use render::{GroundTruth, ObjectFrameTruth, ground_truth, render, render_background};
 pub use scene::{Background, Cell, Colour, Direction, Geometry, Prompt, PromptError, SceneObject, Shape, Speed};
