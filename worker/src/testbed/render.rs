@@ -1,10 +1,11 @@
 //! Rendering a [`Prompt`] to its [`Video`], and the prompt's [`GroundTruth`]: pure,
 //! deterministic functions of the prompt and the [`Geometry`].
 //!
-//! A pixel belongs to an object when its centre is inside the object's shape at the object's
-//! closed-form position ([`Geometry::motion`]); objects are drawn in prompt order, later ones on
-//! top, with hard edges (no anti-aliasing), so every pixel is exactly a palette colour or the
-//! background. The background is [`BACKGROUND_RGB`], plus for [`Background::Textured`] a static
+//! An object is drawn in its bounding box at its closed-form position ([`Geometry::motion`])
+//! snapped to the nearest whole pixel (so its pixel pattern is the same in every frame; motion
+//! advances in whole-pixel steps); a pixel of the box belongs to the object when its centre is
+//! inside the shape. Objects are drawn in prompt order, later ones on top, with hard edges (no
+//! anti-aliasing), so every pixel is exactly a palette colour or the background. The background is [`BACKGROUND_RGB`], plus for [`Background::Textured`] a static
 //! value-noise texture: a lattice of [`TEXTURE_LATTICE`]^2 cells whose corner values (per
 //! channel, uniform in `[-TEXTURE_AMPLITUDE, TEXTURE_AMPLITUDE]`, drawn from [`TEXTURE_SEED`])
 //! are interpolated bilinearly at pixel centres in frame-relative coordinates.
@@ -60,16 +61,11 @@ fn layout(prompt: &Prompt, geometry: &Geometry, frame: usize) -> FrameLayout {
     let mut top = vec![None; width * height];
     let mut coverage = Vec::with_capacity(prompt.objects().len());
     for (k, object) in prompt.objects().iter().enumerate() {
-        let [cx, cy] = geometry.motion(object, frame).position;
+        let [x0, y0] = raster_origin(geometry.motion(object, frame).position, half);
+        let (cx, cy) = (x0 as f64 + half, y0 as f64 + half);
         let mut covered = vec![false; width * height];
-        // Only the pixels whose centres can fall in the box [c - half, c + half].
-        let span = |centre: f64, side: usize| {
-            let lo = (centre - half - 0.5).floor().max(0.0) as usize;
-            let hi = ((centre + half - 0.5).ceil().max(0.0) as usize).min(side - 1);
-            lo..=hi
-        };
-        for y in span(cy, height) {
-            for x in span(cx, width) {
+        for y in y0..(y0 + geometry.object_size).min(height) {
+            for x in x0..(x0 + geometry.object_size).min(width) {
                 if object.shape.contains(x as f64 + 0.5 - cx, y as f64 + 0.5 - cy, half) {
                     covered[y * width + x] = true;
                     top[y * width + x] = Some(k);
@@ -79,6 +75,15 @@ fn layout(prompt: &Prompt, geometry: &Geometry, frame: usize) -> FrameLayout {
         coverage.push(covered);
     }
     FrameLayout { top, coverage }
+}
+
+/// Top-left pixel of an object's box at `position`: the box snapped to the nearest whole pixel.
+/// Snapping makes every frame show the same pixel pattern of a shape, whatever the sub-pixel
+/// position: without it the raster of a small disc flickers between octagons whose bounding-box
+/// fill ratio (0.73 to 0.92 at 8 px) overlaps a square's. The box stays inside the frame, since
+/// the unsnapped box does and the frame edges are whole pixels.
+fn raster_origin(position: [f64; 2], half: f64) -> [usize; 2] {
+    position.map(|centre| (centre - half + 0.5).floor().max(0.0) as usize)
 }
 
 /// Background RGB in `[0, 1]` of every pixel (`y * width + x`).
@@ -249,7 +254,14 @@ mod tests {
                 )
                 .unwrap();
                 let truth = ground_truth(&prompt, &geometry);
+                // Snapped boxes: one pixel pattern, hence one fill ratio, in every frame.
+                let fill = truth.objects[0][0].visible.as_ref().unwrap().fill_ratio();
+                let nearest = Shape::ALL
+                    .into_iter()
+                    .min_by(|a, b| (a.fill_ratio() - fill).abs().total_cmp(&(b.fill_ratio() - fill).abs()));
+                assert_eq!(nearest, Some(shape), "fill ratio {fill}");
                 for frame in &truth.objects[0] {
+                    assert_eq!(frame.visible.as_ref().unwrap().fill_ratio(), fill);
                     let region = frame.visible.as_ref().unwrap();
                     assert!(!frame.occluded);
                     assert_eq!(region.area(), frame.full_area);
@@ -258,10 +270,11 @@ mod tests {
                     assert!(area_error < 0.15, "{shape:?} area {} vs {ideal_area}", region.area());
                     let offset = shape.centroid_offset(half);
                     let ideal = [frame.position[0] + offset[0], frame.position[1] + offset[1]];
-                    // Hard edges snap to whole pixels: at most half a pixel off along each axis.
+                    // The box snaps to whole pixels, at most half a pixel along each axis; the
+                    // raster of a small triangle (empty apex row) adds a few hundredths more.
                     for axis in 0..2 {
                         let error = (region.centroid[axis] - ideal[axis]).abs();
-                        assert!(error <= 0.5, "{shape:?} centroid {:?} vs {ideal:?}", region.centroid);
+                        assert!(error <= 0.55, "{shape:?} centroid {:?} vs {ideal:?}", region.centroid);
                     }
                 }
             }
