@@ -12,6 +12,7 @@
 //! - [`embedding`]: the [`CodeBook`] turning a prompt into `[L, text_dim]` text embeddings.
 //! - [`codec`]: the exact 4 x 4 space-to-depth "VAE", pixels `[3, F, H, W]` <-> latents
 //!   `[48, F, H/4, W/4]`.
+//! - [`metrics`]: ground-truth quality of a decoded clip against its prompt, and PSNR.
 //! - [`regions`]: an object's pixels in a frame (small components dropped) and their statistics.
 //!
 //! Everything here is pure Rust apart from the codec and the embedding tensors, which use tch;
@@ -19,6 +20,7 @@
 
 pub mod codec;
 pub mod embedding;
+pub mod metrics;
 pub mod prompts;
 pub mod regions;
 pub mod render;
@@ -26,6 +28,7 @@ pub mod scene;
 pub mod video;
 
 pub use embedding::CodeBook;
+pub use metrics::{ClipMetrics, MetricsSummary, clip_metrics, psnr};
 pub use prompts::{PromptSet, PromptSetSpec, Split};
 pub use render::{GroundTruth, ObjectFrameTruth, ground_truth, render, render_background};
 pub use scene::{Background, Cell, Colour, Direction, Geometry, Prompt, PromptError, SceneObject, Shape, Speed};
