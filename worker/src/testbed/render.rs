@@ -282,6 +282,36 @@ mod tests {
     }
 
     #[test]
+    fn rasterised_objects_stay_whole_through_bounces() {
+        // 40 frames at the fastest speed: bounces off every wall, from corner and inner cells.
+        for base in [Geometry::gpu(), Geometry::cpu()] {
+            let geometry = Geometry { frames: 40, ..base };
+            for shape in Shape::ALL {
+                for direction in Direction::ALL {
+                    for cell in [0, 6, 15] {
+                        let object = SceneObject {
+                            shape,
+                            colour: Colour::White,
+                            cell: Cell::from_index(cell).unwrap(),
+                            direction,
+                            speed: Speed::Fast,
+                        };
+                        let prompt = Prompt::new(vec![object], Background::Plain).unwrap();
+                        let truth = ground_truth(&prompt, &geometry);
+                        let area = truth.objects[0][0].full_area;
+                        // Never clipped by a frame edge: the same pixel count in every frame.
+                        assert!(
+                            truth.objects[0]
+                                .iter()
+                                .all(|t| t.full_area == area && t.visible_area() == area)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn later_objects_occlude_earlier_ones() {
         // Two squares moving towards each other along one row must overlap at some frame.
         let prompt = Prompt::new(
