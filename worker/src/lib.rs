@@ -13,6 +13,8 @@
 //! - [`student`]: the teacher with hybrid blocks, saved and loaded as a folder.
 //! - [`collective`]: gradient all-reduce inside a gang: NCCL on GPUs, a TCP ring on CPUs, with a watchdog.
 //! - [`storage`]: object storage (local, S3, GCS, Azure) and verified background checkpoints.
+//! - [`testbed`]: procedurally generated videos with known ground truth, their prompt code book,
+//!   the exact latent codec and the ground-truth quality metrics.
 
 pub mod agent;
 pub mod attention;
@@ -24,4 +26,5 @@ pub mod sampler;
 pub mod stages;
 pub mod storage;
 pub mod student;
+pub mod testbed;
 pub mod train;
