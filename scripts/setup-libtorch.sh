@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs LibTorch 2.11.0 (the only version tch 0.24 works with) inside the repo, under
 # .libtorch/, the way ../shared/GPU.md describes: three PyPI wheels, unpacked partially.
-# Idempotent: a second run with a complete install does nothing. Prints the LIBTORCH path.
+# Also NVRTC (nvidia-cuda-nvrtc, the version torch 2.11's CUDA install ships) beside it in
+# the same layout, so the fused attention kernels compile in tests on machines without a
+# GPU exactly as they do on GPU machines. Idempotent: a second run with a complete install
+# does nothing. Prints the LIBTORCH path.
 set -euo pipefail
 
 TORCH_VERSION="2.11.0"
 CUDART_VERSION="13.0.96"
 CUPTI_VERSION="13.0.85"
+NVRTC_VERSION="13.0.88"
 
 root_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${SURGERY_LIBTORCH_DIR:-$root_dir/.libtorch}"
@@ -41,8 +45,27 @@ if [ -n "${LIBTORCH:-}" ] && [ "$LIBTORCH" != "$dest/root/torch" ]; then
     exit 0
 fi
 
+# NVRTC into $1/nvidia/cu13/lib (where torch's own CUDA install keeps it).
+install_nvrtc() {
+    local root="$1"
+    local nvrtc_stamp="$root/nvidia/cu13/NVRTC_INSTALLED"
+    if [ -f "$nvrtc_stamp" ] && [ "$(cat "$nvrtc_stamp")" = "$NVRTC_VERSION" ]; then
+        return
+    fi
+    need python3 "Python 3 with pip"
+    need unzip "apt-get install unzip"
+    mkdir -p "$dest/wheels"
+    echo "setup: downloading nvidia-cuda-nvrtc==$NVRTC_VERSION (about 90 MB) into $dest/wheels" >&2
+    python3 -m pip download -q --no-deps --only-binary=:all: -d "$dest/wheels" \
+        "nvidia-cuda-nvrtc==$NVRTC_VERSION" >&2
+    unzip -q -o "$dest"/wheels/nvidia_cuda_nvrtc-"$NVRTC_VERSION"-*.whl nvidia/cu13/lib/libnvrtc.so.13 \
+        nvidia/cu13/lib/libnvrtc-builtins.so.13.0 -d "$root"
+    echo "$NVRTC_VERSION" > "$nvrtc_stamp"
+}
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$TORCH_VERSION" ]; then
     check_version_file "$dest/root/torch"
+    install_nvrtc "$dest/root"
     echo "$dest/root/torch"
     exit 0
 fi
@@ -77,4 +100,5 @@ check_version_file "$dest/root.tmp/torch"
 echo "$TORCH_VERSION" > "$dest/root.tmp/INSTALLED"
 rm -rf "$dest/root"
 mv "$dest/root.tmp" "$dest/root"
+install_nvrtc "$dest/root"
 echo "$dest/root/torch"

@@ -8,6 +8,8 @@
 //! - [`model`]: the Wan2.1 diffusion transformer with diffusers' names and numerics, and
 //!   the student built from it.
 //! - [`attention`]: self-attention cores: softmax, and the hybrid softmax + linear attention.
+//! - [`kernels`]: the CUDA kernels (fused attention, fused block element-wise work),
+//!   compiled at run time with LibTorch's NVRTC.
 //! - [`train`]: losses, AdamW with checkpointable moments, clipping, master weights.
 //! - [`sampler`]: flow-matching sampling with classifier-free guidance and capture hooks.
 //! - [`student`]: the teacher with hybrid blocks, saved and loaded as a folder.
@@ -20,6 +22,7 @@ pub mod agent;
 pub mod attention;
 pub mod cli;
 pub mod collective;
+pub mod kernels;
 pub mod model;
 pub mod runtime;
 pub mod sampler;

@@ -228,6 +228,14 @@ impl HybridAttention {
         }
         Self::check_inputs(q, k, v, grid);
         let idx = self.token_index(grid, q.device());
+        if self.uses_fused(q) {
+            match self.forward_fused(q, k, v, &idx) {
+                Ok(y) => return y,
+                // A kernel that cannot run must not take the task down: the eager path
+                // computes the same function.
+                Err(e) => tracing::error!("fused hybrid attention failed, using the eager path: {e}"),
+            }
+        }
         let acc = acc_kind(q.kind());
         let (num, den) = self
             .linear_part(q, k, v, &idx)
@@ -242,6 +250,38 @@ impl HybridAttention {
             _ => num / (den + self.eps),
         };
         y.to_kind(q.kind())
+    }
+
+    /// Whether [`HybridAttention::forward`] runs the fused kernels for `q`: on CUDA in
+    /// bf16 or fp32 with psi in the input's precision, unless turned off.
+    pub fn uses_fused(&self, q: &Tensor) -> bool {
+        self.phi_q.precision == PsiPrecision::Input && crate::kernels::usable(q)
+    }
+
+    /// The fused path: softmax over the anchors through SDPA (its own autograd), the
+    /// linear part and the combination in [`fused`](super::fused) kernels.
+    fn forward_fused(&self, q: &Tensor, k: &Tensor, v: &Tensor, idx: &TokenIndex) -> Result<Tensor, String> {
+        let o = match (idx.select_anchors(k), idx.select_anchors(v)) {
+            (Some(ka), Some(va)) => Some(Tensor::scaled_dot_product_attention(
+                q,
+                &ka,
+                &va,
+                None::<&Tensor>,
+                0.0,
+                false,
+                None,
+                false,
+            )),
+            _ => None,
+        };
+        let kl = idx.select_linear(k).expect("a non-softmax rate has linear tokens");
+        let vl = idx.select_linear(v).expect("a non-softmax rate has linear tokens");
+        let a = if o.is_some() {
+            self.normaliser.anchor_weight(idx.num_anchors)
+        } else {
+            0.0
+        };
+        super::fused::hybrid(o.as_ref(), q, &kl, &vl, &self.phi_q, &self.phi_k, a, self.eps)
     }
 
     /// The first formula of METHOD.md section 1, literally: explicit scores

@@ -8,6 +8,7 @@
 
 pub mod anchors;
 pub mod feature_map;
+pub mod fused;
 pub mod hybrid;
 pub mod score_loss;
 

@@ -51,6 +51,13 @@ pub struct Modulation {
     pub c_gate_msa: Tensor,
 }
 
+/// (h + x gate) in fp32, rounded to h's dtype (diffusers' `(h.float() + x * gate).type_as(h)`);
+/// one fused kernel for inference on CUDA.
+fn gated_residual(hidden: &Tensor, x: &Tensor, gate: &Tensor) -> Tensor {
+    super::fused::gated_residual(hidden, x, gate)
+        .unwrap_or_else(|| (hidden.to_kind(Kind::Float) + x.to_kind(Kind::Float) * gate).to_kind(hidden.kind()))
+}
+
 /// `blocks.{i}`.
 pub struct WanBlock {
     norm1: Fp32LayerNorm,
@@ -102,8 +109,7 @@ impl WanBlock {
 
     /// norm1(h) (1 + scale) + shift, in h's dtype: the self-attention's input.
     fn self_attention_input(&self, hidden: &Tensor, m: &Modulation) -> Tensor {
-        let normed = self.norm1.forward(&hidden.to_kind(Kind::Float));
-        (normed * (&m.scale_msa + 1.0) + &m.shift_msa).to_kind(hidden.kind())
+        self.norm1.forward_modulated(hidden, Some((&m.scale_msa, &m.shift_msa)))
     }
 
     /// q, k, v [B, H, N, d] as the self-attention core sees them (after norm1 and
@@ -127,24 +133,24 @@ impl WanBlock {
         rope: &Rope,
         grid: TokenGrid,
     ) -> Tensor {
-        let kind = hidden.kind();
         let m = self.modulation(timestep_proj);
 
         // 1. Self-attention, gated residual in fp32.
         let attn = self.attn1.forward(&self.self_attention_input(hidden, &m), rope, grid);
-        let hidden = (hidden.to_kind(Kind::Float) + attn * &m.gate_msa).to_kind(kind);
+        let hidden = gated_residual(hidden, &attn, &m.gate_msa);
 
         // 2. Cross-attention, plain residual in the hidden dtype.
         let normed = match &self.norm2 {
-            Some(norm2) => norm2.forward(&hidden.to_kind(Kind::Float)).to_kind(kind),
+            Some(norm2) => norm2.forward_modulated(&hidden, None),
             None => hidden.shallow_clone(),
         };
         let hidden = &hidden + self.attn2.forward(&normed, text);
 
         // 3. Feed-forward, gated residual in fp32.
-        let normed = self.norm3.forward(&hidden.to_kind(Kind::Float));
-        let normed = (normed * (&m.c_scale_msa + 1.0) + &m.c_shift_msa).to_kind(kind);
+        let normed = self
+            .norm3
+            .forward_modulated(&hidden, Some((&m.c_scale_msa, &m.c_shift_msa)));
         let ff = self.ffn.forward(&normed);
-        (hidden.to_kind(Kind::Float) + ff.to_kind(Kind::Float) * &m.c_gate_msa).to_kind(kind)
+        gated_residual(&hidden, &ff, &m.c_gate_msa)
     }
 }

@@ -35,6 +35,23 @@ impl Fp32LayerNorm {
     }
 }
 
+impl Fp32LayerNorm {
+    /// LayerNorm(x) [* (1 + scale) + shift] in fp32, rounded once to x's dtype (diffusers'
+    /// `norm(x.float())`, the modulation, `.type_as(x)`): scale, shift [B, 1, dim]. One
+    /// fused kernel for inference on CUDA, LibTorch's ops otherwise.
+    pub fn forward_modulated(&self, x: &Tensor, modulation: Option<(&Tensor, &Tensor)>) -> Tensor {
+        let affine = self.weight.as_ref().zip(self.bias.as_ref());
+        if let Some(out) = super::fused::layer_norm_modulate(x, affine, modulation, self.eps) {
+            return out;
+        }
+        let normed = self.forward(&x.to_kind(Kind::Float));
+        match modulation {
+            Some((scale, shift)) => (normed * (scale + 1.0) + shift).to_kind(x.kind()),
+            None => normed.to_kind(x.kind()),
+        }
+    }
+}
+
 impl Module for Fp32LayerNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
         let fp32 = |t: &Tensor| t.to_kind(Kind::Float);
@@ -66,6 +83,23 @@ impl RmsNorm {
             weight: vs.var("weight", &[dim], Init::Const(1.0)),
             dim,
             eps,
+        }
+    }
+}
+
+impl RmsNorm {
+    /// The norm over x [B, N, C], then with `rope` the rotation of each head's channel
+    /// pairs (head width `head_dim`): [B, N, C]. One fused kernel for inference on CUDA;
+    /// LibTorch's `rms_norm` and [`Rope::rotate`](super::rope::Rope::rotate) otherwise.
+    pub fn forward_rotated(&self, x: &Tensor, rope: Option<&super::rope::Rope>, head_dim: i64) -> Tensor {
+        let tables = rope.map(|r| (&r.cos, &r.sin));
+        if let Some(out) = super::fused::rms_rope(x, &self.weight, tables, head_dim, self.eps) {
+            return out;
+        }
+        let normed = self.forward(x);
+        match rope {
+            Some(rope) => rope.rotate(&normed.unflatten(2, [-1, head_dim])).flatten(2, 3),
+            None => normed,
         }
     }
 }

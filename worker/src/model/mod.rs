@@ -8,7 +8,8 @@
 //! conditioning), [`rope`] (3-D rotary embedding), [`block`] (one transformer block with
 //! its modulation), [`wan_attention`] (the self- and cross-attention layers around the
 //! swappable [`crate::attention::SelfAttention`] core) and [`layers`] (norms, linear, the
-//! patch Conv3d). Parity with diffusers is tested against committed goldens in
+//! patch Conv3d); [`fused`] runs their element-wise work as single CUDA kernels for
+//! inference. Parity with diffusers is tested against committed goldens in
 //! `worker/tests/parity.rs` (generator: `scripts/golden/make_golden.py`). This module owns
 //! the teacher's numerics; attention cores live in [`crate::attention`], training in
 //! [`crate::train`].
@@ -17,6 +18,7 @@ pub mod block;
 pub mod config;
 pub mod denoise;
 pub mod embeddings;
+pub mod fused;
 pub mod layers;
 pub mod rope;
 pub mod transformer;

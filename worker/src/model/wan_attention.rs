@@ -37,12 +37,14 @@ impl Projections {
         }
     }
 
-    /// q = norm_q(to_q(x)), k = norm_k(to_k(context)), v = to_v(context), each split
-    /// into heads: [B, N, C] -> [B, N, H, d] (diffusers' layout before attention).
-    fn qkv(&self, x: &Tensor, context: &Tensor) -> (Tensor, Tensor, Tensor) {
+    /// q = norm_q(to_q(x)), k = norm_k(to_k(context)), v = to_v(context), q and k
+    /// rotated by `rope` when given, each split into heads: [B, N, C] -> [B, N, H, d]
+    /// (diffusers' layout before attention).
+    fn qkv(&self, x: &Tensor, context: &Tensor, rope: Option<&Rope>) -> (Tensor, Tensor, Tensor) {
         let split = |t: Tensor| t.unflatten(2, [self.heads, -1]);
-        let q = split(self.norm_q.forward(&self.to_q.forward(x)));
-        let k = split(self.norm_k.forward(&self.to_k.forward(context)));
+        let head_dim = x.size()[2] / self.heads;
+        let q = split(self.norm_q.forward_rotated(&self.to_q.forward(x), rope, head_dim));
+        let k = split(self.norm_k.forward_rotated(&self.to_k.forward(context), rope, head_dim));
         let v = split(self.to_v.forward(context));
         (q, k, v)
     }
@@ -77,12 +79,8 @@ impl SelfAttentionLayer {
     /// x: [B, N, C] (already norm1-ed and modulated) -> q, k, v [B, H, N, d], q and k
     /// RMSNormed and rotated: exactly what the core sees.
     pub fn inputs(&self, x: &Tensor, rope: &Rope) -> (Tensor, Tensor, Tensor) {
-        let (q, k, v) = self.proj.qkv(x, x);
-        (
-            heads_first(&rope.rotate(&q)),
-            heads_first(&rope.rotate(&k)),
-            heads_first(&v),
-        )
+        let (q, k, v) = self.proj.qkv(x, x, Some(rope));
+        (heads_first(&q), heads_first(&k), heads_first(&v))
     }
 
     /// x: [B, N, C] -> [B, N, C].
@@ -108,7 +106,7 @@ impl CrossAttentionLayer {
 
     /// x: [B, N, C], text: [B, L, C] -> [B, N, C].
     pub fn forward(&self, x: &Tensor, text: &Tensor) -> Tensor {
-        let (q, k, v) = self.proj.qkv(x, text);
+        let (q, k, v) = self.proj.qkv(x, text, None);
         let attended = softmax_attention(&heads_first(&q), &heads_first(&k), &heads_first(&v));
         self.proj.output(&attended, q.kind())
     }
