@@ -12,11 +12,14 @@
 //!   the tasks that ran under the old one stop (their leases were requeued).
 
 pub mod client;
+pub mod rendezvous;
 pub mod slots;
-pub mod task;
 
+use crate::collective::gang_token;
+use crate::stages::task::{StopReason, TaskError, TaskHandle, TaskOutput};
 use crate::stages::{self, Gang, TaskContext};
 use client::{Client, retrying};
+use rendezvous::CoordinatorRendezvous;
 use slots::SlotSpec;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,7 +29,6 @@ use std::time::Duration;
 use surgery_proto::error::decode;
 use surgery_proto::v1 as pb;
 use surgery_proto::v1::ErrorKind;
-use task::{StopReason, TaskError, TaskHandle, TaskOutput};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -276,10 +278,18 @@ impl Agent {
             handle.request_stop(StopReason::Preempted);
         }
         let gang = (assignment.gang_size > 1).then(|| {
+            let rendezvous = CoordinatorRendezvous {
+                client: self.client.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                worker_id: self.worker_id(),
+                task_id: assignment.task_id.clone(),
+                attempt: assignment.attempt,
+            };
             Gang::new(
-                self.client.clone(),
-                self.worker_id(),
-                &assignment,
+                Box::new(rendezvous),
+                assignment.rank,
+                assignment.gang_size,
+                gang_token(&assignment.task_id, assignment.attempt),
                 self.config.advertise_host.clone(),
                 self.config.collective_timeout,
             )

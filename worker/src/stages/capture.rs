@@ -7,8 +7,8 @@
 
 use super::TaskContext;
 use super::data;
-use crate::agent::task::{TaskError, TaskOutput};
 use crate::sampler::{self, FlowMatchEuler, Scheduler, UniPc, UniPcConfig, prompt_seed, seeded_noise};
+use crate::stages::task::{TaskError, TaskOutput};
 use crate::storage::tensors;
 use std::collections::BTreeMap;
 use surgery_core::layout;

@@ -9,8 +9,8 @@
 //! `prompt` [n] (i64).
 
 use super::TaskContext;
-use crate::agent::task::TaskError;
 use crate::model::{WanTransformer, WeightsError, weights};
+use crate::stages::task::TaskError;
 use crate::storage::{Storage, tensors};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -13,11 +13,11 @@
 use super::TaskContext;
 use super::data::{self, BlockCache, Shard};
 use super::trainer::Trainer;
-use crate::agent::task::{StopReason, TaskError, TaskOutput};
 use crate::attention::hybrid::{HybridAttention, HybridConfig};
 use crate::attention::score_loss::attention_score_loss;
 use crate::attention::{TokenGrid, softmax_attention};
 use crate::model::{Rope, WanTransformer};
+use crate::stages::task::{StopReason, TaskError, TaskOutput};
 use crate::storage::{Checkpointer, SnapshotWriter, tensors};
 use crate::train::value_distillation_loss;
 use serde::{Deserialize, Serialize};

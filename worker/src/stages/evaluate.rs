@@ -8,9 +8,9 @@
 use super::TaskContext;
 use super::capture::scheduler;
 use super::data::{self, kind_of};
-use crate::agent::task::{TaskError, TaskOutput};
 use crate::model::WanTransformer;
 use crate::sampler::{self, prompt_seed, seeded_noise};
+use crate::stages::task::{TaskError, TaskOutput};
 use crate::student::Student;
 use serde_json::json;
 use std::collections::BTreeMap;

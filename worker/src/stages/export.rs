@@ -7,9 +7,9 @@
 
 use super::TaskContext;
 use super::data::{self, kind_of};
-use crate::agent::task::{TaskError, TaskOutput};
 use crate::model::WanTransformer;
 use crate::sampler::seeded_noise;
+use crate::stages::task::{TaskError, TaskOutput};
 use crate::student::Student;
 use serde_json::json;
 use std::collections::BTreeMap;

@@ -17,10 +17,10 @@ use super::TaskContext;
 use super::data::{self, kind_of};
 use super::gang::collective_error;
 use super::trainer::Trainer;
-use crate::agent::task::{StopReason, TaskError, TaskOutput};
 use crate::collective::{Collective, Local};
 use crate::model::WanTransformer;
 use crate::sampler::{SeededRng, seeded_noise};
+use crate::stages::task::{StopReason, TaskError, TaskOutput};
 use crate::storage::{Checkpointer, SnapshotWriter, Storage, tensors};
 use crate::student::{ConvertedBlock, Student, SurgeryConfig};
 use crate::train::{flow_matching_loss, recompute, shift_sigma, timestep_of};
@@ -223,7 +223,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     }
 
     let mut collective: Box<dyn Collective> = match &ctx.gang {
-        Some(gang) => gang.connect(ctx, ctx.device)?,
+        Some(gang) => gang.connect(&ctx.handle, ctx.device)?,
         None => Box::new(Local),
     };
     let save = |meta: &Meta, trainer: &Trainer| {

@@ -19,15 +19,16 @@ pub mod evaluate;
 pub mod export;
 pub mod finetune;
 pub mod gang;
+pub mod task;
 pub mod trainer;
 
-use crate::agent::task::{TaskError, TaskHandle, TaskOutput};
 use crate::storage::Storage;
 pub use gang::Gang;
 use std::path::PathBuf;
 use std::sync::Arc;
 use surgery_core::spec::JobSpec;
 use surgery_proto::v1 as pb;
+pub use task::{StopReason, TaskError, TaskHandle, TaskOutput};
 use tch::Device;
 
 /// Everything a stage executor gets.
