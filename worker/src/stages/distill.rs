@@ -10,9 +10,9 @@
 //! nothing else. Output: `phi.safetensors` (the student's own tensor names), `result.json`
 //! (e_br and the rest) and the loss curve, beside the checkpoints.
 
-use super::TaskContext;
 use super::data::{self, BlockCache, Shard};
 use super::trainer::Trainer;
+use super::{DistillPair, TaskContext};
 use crate::attention::hybrid::{HybridAttention, HybridConfig};
 use crate::attention::score_loss::attention_score_loss;
 use crate::attention::{TokenGrid, softmax_attention};
@@ -23,9 +23,8 @@ use crate::train::value_distillation_loss;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
-use surgery_core::spec::{DistillLoss, JobSpec};
+use surgery_core::spec::DistillLoss;
 use surgery_core::{layout, results};
-use surgery_proto::v1 as pb;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
@@ -141,15 +140,12 @@ fn time_ms(device: Device, mut f: impl FnMut()) -> f64 {
     times[2]
 }
 
-pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
-    let spec: JobSpec = ctx.spec()?;
-    let Some(pb::task_params::Kind::Distill(params)) = ctx.params() else {
-        return Err(TaskError::Fatal("a distill task without distill parameters".into()));
-    };
+pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskError> {
+    let spec = &ctx.input.spec;
     let block = params.block as usize;
-    let rate = params.rate();
+    let rate = params.rate;
     let job = ctx.job_storage()?;
-    let (_teacher_vs, teacher) = data::teacher(ctx, &spec)?;
+    let (_teacher_vs, teacher) = data::teacher(ctx, spec)?;
     let cfg = teacher.config().clone();
     let (lf, lh, lw) = spec.latent_dims();
     let grid = teacher.grid_of((i64::from(lf), i64::from(lh), i64::from(lw)));
@@ -169,7 +165,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         spec.sampler.seed,
         SEED_PURPOSE + 1,
         u64::from(params.block),
-        u64::from(params.rate),
+        u64::from(rate.code()),
     );
     let hybrid = data::with_torch_seed(init_seed, || {
         HybridAttention::new(
@@ -194,7 +190,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         spec.checkpoint.keep_last as usize,
         ctx.runtime.clone(),
     ));
-    let cache = BlockCache::new(&job, &spec, params.block);
+    let cache = BlockCache::new(&job, spec, params.block);
     let batch = distill.batch as usize;
 
     // Resume from the newest complete checkpoint, or start fresh.
@@ -220,7 +216,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         spec.sampler.seed,
         SEED_PURPOSE,
         u64::from(params.block),
-        u64::from(params.rate),
+        u64::from(rate.code()),
     );
     // The training sequence: epochs of a seeded, shard-blocked order.
     let epoch_len = cache.train_order(seed).len() as u64;
@@ -334,7 +330,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         (results::ATTENTION_MS.to_string(), attention_ms),
         (results::SOFTMAX_ATTENTION_MS.to_string(), softmax_ms),
     ]);
-    let result = serde_json::json!({ "block": params.block, "rate": params.rate, "metrics": metrics, "loss_curve": meta.loss_curve });
+    let result = serde_json::json!({ "block": params.block, "rate": rate.code(), "metrics": metrics, "loss_curve": meta.loss_curve });
     let result_path = layout::distill_result(params.block, rate);
     ctx.block_on(job.put(&result_path, serde_json::to_vec_pretty(&result).expect("json").into()))
         .map_err(TaskError::retryable)?;

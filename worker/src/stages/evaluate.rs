@@ -63,18 +63,18 @@ fn sample_with(
 }
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
-    let spec = ctx.spec()?;
+    let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
     let local = ctx
         .cache_dir
         .join("evaluate")
-        .join(ctx.assignment.job_id.replace('/', "_"));
+        .join(ctx.input.task.job.replace('/', "_"));
     let _ = std::fs::remove_dir_all(&local);
     ctx.block_on(job.join(layout::EXPORT_DIR).download_dir("", &local))
         .map_err(TaskError::retryable)?;
     let student = Student::load(&local, ctx.device, kind_of(spec.teacher.dtype)).map_err(TaskError::retryable)?;
-    let (_tvs, teacher) = data::teacher(ctx, &spec)?;
-    let prompts = data::prompts(ctx, &spec)?;
+    let (_tvs, teacher) = data::teacher(ctx, spec)?;
+    let prompts = data::prompts(ctx, spec)?;
     let negative = prompts.negative.as_ref().map(|n| n.to_device(ctx.device));
     // Held-out prompts follow the training ones; with none configured, the first prompt
     // stands in (and the report says so).
@@ -88,15 +88,15 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         );
         vec![0]
     };
-    let shape = super::export::probe_shape(&spec);
+    let shape = super::export::probe_shape(spec);
     let mut psnrs = Vec::new();
     let mut velocity: Vec<Vec<f64>> = SIGMAS.iter().map(|_| Vec::new()).collect();
     for (done, index) in heldout.iter().enumerate() {
         ctx.handle.check()?;
         let text = prompts.embeds.narrow(0, i64::from(*index), 1).to_device(ctx.device);
         let noise = seeded_noise(prompt_seed(spec.sampler.seed, u64::from(*index)), &shape, ctx.device);
-        let by_teacher = sample_with(&teacher, &spec, &noise, &text, negative.as_ref())?;
-        let by_student = sample_with(&student.model, &spec, &noise, &text, negative.as_ref())?;
+        let by_teacher = sample_with(&teacher, spec, &noise, &text, negative.as_ref())?;
+        let by_student = sample_with(&student.model, spec, &noise, &text, negative.as_ref())?;
         psnrs.push(psnr(&by_student, &by_teacher));
         tch::no_grad(|| {
             for (i, sigma) in SIGMAS.iter().enumerate() {

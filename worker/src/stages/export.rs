@@ -13,10 +13,10 @@ use crate::stages::task::{TaskError, TaskOutput};
 use crate::student::Student;
 use serde_json::json;
 use std::collections::BTreeMap;
-use surgery_core::cost;
 use surgery_core::layout;
 use surgery_core::rate::Rate;
 use surgery_core::spec::JobSpec;
+use surgery_core::{cost, ids};
 use tch::{Kind, Tensor};
 
 /// The probe's seed and timestep: fixed, so a check can recompute it.
@@ -63,17 +63,14 @@ pub fn probe_shape(spec: &JobSpec) -> [i64; 5] {
 }
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
-    let spec = ctx.spec()?;
+    let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
-    let local = ctx
-        .cache_dir
-        .join("exports")
-        .join(ctx.assignment.job_id.replace('/', "_"));
+    let local = ctx.cache_dir.join("exports").join(ctx.input.task.job.replace('/', "_"));
     let _ = std::fs::remove_dir_all(&local);
     ctx.block_on(job.join(layout::FINETUNE_FINAL).download_dir("", &local))
         .map_err(TaskError::retryable)?;
     let student = Student::load(&local, ctx.device, kind_of(spec.teacher.dtype)).map_err(TaskError::retryable)?;
-    let (_tvs, teacher) = data::teacher(ctx, &spec)?;
+    let (_tvs, teacher) = data::teacher(ctx, spec)?;
     ctx.handle.check()?;
 
     // The exported folder: the same files, under export/.
@@ -127,17 +124,17 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         distill.push(json!({ "block": b, "rate": rate.code(), "metrics": result["metrics"] }));
     }
     let finetune = ctx
-        .assignment
-        .inputs
-        .get("finetune")
-        .map(|r| r.metrics.clone().into_iter().collect::<BTreeMap<_, _>>())
+        .input
+        .dependencies
+        .get(ids::FINETUNE_TASK)
+        .map(|r| r.metrics.clone())
         .unwrap_or_default();
 
-    let prompts = data::prompts(ctx, &spec)?;
+    let prompts = data::prompts(ctx, spec)?;
     let text = prompts.embeds.narrow(0, 0, 1).to_device(ctx.device);
-    let (probe_mean_abs, probe_rel) = probe(&student.model, &teacher, &text, probe_shape(&spec));
+    let (probe_mean_abs, probe_rel) = probe(&student.model, &teacher, &text, probe_shape(spec));
     let report = json!({
-        "job": ctx.assignment.job_id,
+        "job": ctx.input.task.job,
         "model": { "layers": shape.layers, "heads": shape.heads, "head_dim": shape.head_dim, "tokens": tokens },
         "blocks": blocks,
         "attention_flops": {

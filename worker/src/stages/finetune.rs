@@ -114,10 +114,10 @@ fn sample_index(seed: u64, position: u64, len: usize) -> usize {
 /// The student of the selected layout with the distilled feature maps copied in.
 fn build_student(ctx: &TaskContext, spec: &JobSpec, job: &Storage) -> Result<Student, TaskError> {
     let converted: Vec<ConvertedBlock> = ctx
-        .assignment
+        .input
         .layout
         .iter()
-        .map(|b| b.pair())
+        .copied()
         .filter(|(_, rate)| *rate != Rate::Softmax)
         .map(|(block, rate)| ConvertedBlock {
             block,
@@ -125,7 +125,7 @@ fn build_student(ctx: &TaskContext, spec: &JobSpec, job: &Storage) -> Result<Stu
             anchor_pattern: spec.surgery.anchor_pattern,
         })
         .collect();
-    if ctx.assignment.layout.is_empty() {
+    if ctx.input.layout.is_empty() {
         return Err(TaskError::Fatal(
             "the fine-tuning task came without the selected layout".into(),
         ));
@@ -185,7 +185,7 @@ fn sample_step(
 }
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
-    let spec = ctx.spec()?;
+    let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
     let ft = &spec.stages.finetune;
     let (rank, world) = ctx.gang.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
@@ -197,13 +197,13 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     }
     let local = global / world;
 
-    let student = build_student(ctx, &spec, &job)?;
+    let student = build_student(ctx, spec, &job)?;
     let teacher = if ft.teacher_loss_weight > 0.0 {
-        Some(data::teacher(ctx, &spec)?.1)
+        Some(data::teacher(ctx, spec)?.1)
     } else {
         None
     };
-    let dataset = Dataset::load(ctx, &spec, &job)?;
+    let dataset = Dataset::load(ctx, spec, &job)?;
     let mut trainer = Trainer::new(&student.vs, ft.lr, ft.weight_decay)?;
     let dir = layout::FINETUNE_DIR;
     let checkpoints = SnapshotWriter::new(Checkpointer::new(
@@ -263,7 +263,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
                 &text,
                 sigma,
                 &noise,
-                &spec,
+                spec,
                 1.0 / global as f64,
             );
         }

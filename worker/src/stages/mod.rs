@@ -1,6 +1,6 @@
 //! Stage executors: what a worker does with a leased task of each stage (DESIGN.md's job
 //! graph; select runs in the coordinator). Each is a synchronous function of a
-//! [`TaskContext`] that returns the task's result or a classified [`TaskError`], checks
+//! [`TaskContext`] (its typed [`StageInput`], the device, the task's handle) that returns the task's result or a classified [`TaskError`], checks
 //! for a stop request at safe points, and keeps everything it needs to resume in object
 //! storage.
 //!
@@ -19,21 +19,21 @@ pub mod evaluate;
 pub mod export;
 pub mod finetune;
 pub mod gang;
+pub mod input;
 pub mod task;
 pub mod trainer;
 
 use crate::storage::Storage;
 pub use gang::Gang;
+pub use input::{CaptureShard, DependencyResult, DistillPair, StageInput, StageParams};
 use std::path::PathBuf;
 use std::sync::Arc;
-use surgery_core::spec::JobSpec;
-use surgery_proto::v1 as pb;
 pub use task::{StopReason, TaskError, TaskHandle, TaskOutput};
 use tch::Device;
 
 /// Everything a stage executor gets.
 pub struct TaskContext {
-    pub assignment: pb::TaskAssignment,
+    pub input: StageInput,
     pub device: Device,
     pub handle: Arc<TaskHandle>,
     /// For the async storage and RPC calls a synchronous stage makes.
@@ -44,26 +44,9 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
-    pub fn spec(&self) -> Result<JobSpec, TaskError> {
-        JobSpec::parse(&self.assignment.spec_yaml)
-            .map_err(|e| TaskError::Fatal(format!("the job spec is invalid: {e}")))
-    }
-
     /// The job's folder in object storage (`{object_store_url}/jobs/{job}`).
     pub fn job_storage(&self) -> Result<Storage, TaskError> {
-        Storage::from_url(&self.assignment.job_root_url).map_err(TaskError::retryable)
-    }
-
-    /// The task's id within its job (`distill/block-03/rate-4`).
-    pub fn task_name(&self) -> &str {
-        self.assignment
-            .task_id
-            .split_once(':')
-            .map_or(self.assignment.task_id.as_str(), |(_, t)| t)
-    }
-
-    pub fn params(&self) -> Option<&pb::task_params::Kind> {
-        self.assignment.params.as_ref().and_then(|p| p.kind.as_ref())
+        Storage::from_url(&self.input.job_root).map_err(TaskError::retryable)
     }
 
     /// Runs an async call (storage, RPC) to completion from the stage's thread.
@@ -74,14 +57,11 @@ impl TaskContext {
 
 /// Runs the task's stage.
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
-    match pb::Stage::try_from(ctx.assignment.stage) {
-        Ok(pb::Stage::Capture) => capture::run(ctx),
-        Ok(pb::Stage::Distill) => distill::run(ctx),
-        Ok(pb::Stage::Finetune) => finetune::run(ctx),
-        Ok(pb::Stage::Export) => export::run(ctx),
-        Ok(pb::Stage::Evaluate) => evaluate::run(ctx),
-        other => Err(TaskError::Fatal(format!(
-            "this worker does not run stage {other:?} (select runs in the coordinator)"
-        ))),
+    match ctx.input.params {
+        StageParams::Capture(shard) => capture::run(ctx, shard),
+        StageParams::Distill(pair) => distill::run(ctx, pair),
+        StageParams::Finetune => finetune::run(ctx),
+        StageParams::Export => export::run(ctx),
+        StageParams::Evaluate => evaluate::run(ctx),
     }
 }
