@@ -26,8 +26,8 @@ use surgery_worker::attention::hybrid::{HybridAttention, HybridConfig};
 use surgery_worker::collective::{Collective, Local, Nccl};
 use surgery_worker::model::{WanConfig, WanTransformer, weights};
 use surgery_worker::sampler::{self, Capture, Denoiser, NoCapture};
-use surgery_worker::stages::data::BlockCache;
-use surgery_worker::stages::distill::{TeacherBlock, rows};
+use surgery_worker::stages::cache::BlockCache;
+use surgery_worker::stages::distill::TeacherBlock;
 use surgery_worker::storage::{Checkpointer, SnapshotWriter, Storage, tensors};
 use surgery_worker::train::{
     AdamW, AdamWConfig, MasterWeights, flow_matching_loss, recompute, value_distillation_loss,
@@ -223,7 +223,7 @@ fn distill() {
     let start = Instant::now();
     for (s, i) in &order {
         let shard = prefetch.get(*s).unwrap();
-        let picked = [rows(shard, *i)];
+        let picked = [shard.rows(*i)];
         train_step(&picked, updates);
     }
     sync(dev);

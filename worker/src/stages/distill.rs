@@ -10,9 +10,10 @@
 //! nothing else. Output: `phi.safetensors` (the student's own tensor names), `result.json`
 //! (e_br and the rest) and the loss curve, beside the checkpoints.
 
-use super::data::{self, BlockCache, Shard};
+use super::cache::{BlockCache, Shard};
 use super::trainer::Trainer;
 use super::{DistillPair, TaskContext};
+use super::{inputs, seeds};
 use crate::attention::hybrid::{HybridAttention, HybridConfig};
 use crate::attention::score_loss::attention_score_loss;
 use crate::attention::{TokenGrid, softmax_attention};
@@ -77,12 +78,6 @@ impl TeacherBlock<'_> {
     }
 }
 
-/// One cached sample's (hidden, timestep_proj) rows.
-pub fn rows(shard: &Shard, index: usize) -> (Tensor, Tensor) {
-    let i = index as i64;
-    (shard.hidden.narrow(0, i, 1), shard.timestep_proj.narrow(0, i, 1))
-}
-
 /// Mean L1 error of the hybrid output against the teacher's on the held-out samples.
 fn heldout_error(
     ctx: &TaskContext,
@@ -107,7 +102,7 @@ fn heldout_error(
             if loaded.as_ref().map(|(l, _)| *l) != Some(*s) {
                 loaded = Some((*s, cache.load(&ctx.runtime, *s)?));
             }
-            picked.push(rows(&loaded.as_ref().expect("loaded").1, *i));
+            picked.push(loaded.as_ref().expect("loaded").1.rows(*i));
         }
         let b = teacher.batch(&picked);
         let err = tch::no_grad(|| value_distillation_loss(&b.target, &hybrid.forward(&b.q, &b.k, &b.v, teacher.grid)));
@@ -145,7 +140,7 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
     let block = params.block as usize;
     let rate = params.rate;
     let job = ctx.job_storage()?;
-    let (_teacher_vs, teacher) = data::teacher(ctx, spec)?;
+    let (_teacher_vs, teacher) = inputs::teacher(ctx, spec)?;
     let cfg = teacher.config().clone();
     let (lf, lh, lw) = spec.latent_dims();
     let grid = teacher.grid_of((i64::from(lf), i64::from(lh), i64::from(lw)));
@@ -161,13 +156,13 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
     // The feature maps, fp32 for the optimiser, named as the student names them.
     // Seeded so the untrained maps - and hence the whole run - repeat exactly.
     let vs = VarStore::new(ctx.device);
-    let init_seed = data::seed_for(
+    let init_seed = seeds::seed_for(
         spec.sampler.seed,
         SEED_PURPOSE + 1,
         u64::from(params.block),
         u64::from(rate.code()),
     );
-    let hybrid = data::with_torch_seed(init_seed, || {
+    let hybrid = seeds::with_torch_seed(init_seed, || {
         HybridAttention::new(
             &(vs.root() / "blocks" / block as i64 / "attn1"),
             HybridConfig::from_spec(
@@ -212,7 +207,7 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
     let total = u64::from(distill.steps);
     let updates = u64::from(distill.updates_per_batch);
     let every = u64::from(spec.checkpoint.every_steps);
-    let seed = data::seed_for(
+    let seed = seeds::seed_for(
         spec.sampler.seed,
         SEED_PURPOSE,
         u64::from(params.block),
@@ -264,7 +259,7 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
             let start = ((batch_index - first_batch) * batch as u64) as usize;
             let mut picked = Vec::with_capacity(batch);
             for (s, i) in &positions[start..start + batch] {
-                picked.push(rows(prefetch.get(*s)?, *i));
+                picked.push(prefetch.get(*s)?.rows(*i));
             }
             current = Some((batch_index, target.batch(&picked)));
         }

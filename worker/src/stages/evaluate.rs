@@ -7,7 +7,8 @@
 
 use super::TaskContext;
 use super::capture::scheduler;
-use super::data::{self, kind_of};
+use super::folders::download_folder;
+use super::inputs::{self, kind_of};
 use crate::model::WanTransformer;
 use crate::sampler::{self, prompt_seed, seeded_noise};
 use crate::stages::task::{TaskError, TaskOutput};
@@ -65,16 +66,10 @@ fn sample_with(
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
-    let local = ctx
-        .cache_dir
-        .join("evaluate")
-        .join(ctx.input.task.job.replace('/', "_"));
-    let _ = std::fs::remove_dir_all(&local);
-    ctx.block_on(job.join(layout::EXPORT_DIR).download_dir("", &local))
-        .map_err(TaskError::retryable)?;
+    let local = download_folder(ctx, &job, layout::EXPORT_DIR, "evaluate")?;
     let student = Student::load(&local, ctx.device, kind_of(spec.teacher.dtype)).map_err(TaskError::retryable)?;
-    let (_tvs, teacher) = data::teacher(ctx, spec)?;
-    let prompts = data::prompts(ctx, spec)?;
+    let (_tvs, teacher) = inputs::teacher(ctx, spec)?;
+    let prompts = inputs::prompts(ctx, spec)?;
     let negative = prompts.negative.as_ref().map(|n| n.to_device(ctx.device));
     // Held-out prompts follow the training ones; with none configured, the first prompt
     // stands in (and the report says so).

@@ -6,7 +6,8 @@
 //! can recompute from the exported folder to check it is the model the report describes.
 
 use super::TaskContext;
-use super::data::{self, kind_of};
+use super::folders::{download_folder, upload_folder};
+use super::inputs::{self, kind_of};
 use crate::model::WanTransformer;
 use crate::sampler::seeded_noise;
 use crate::stages::task::{TaskError, TaskOutput};
@@ -65,26 +66,13 @@ pub fn probe_shape(spec: &JobSpec) -> [i64; 5] {
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
-    let local = ctx.cache_dir.join("exports").join(ctx.input.task.job.replace('/', "_"));
-    let _ = std::fs::remove_dir_all(&local);
-    ctx.block_on(job.join(layout::FINETUNE_FINAL).download_dir("", &local))
-        .map_err(TaskError::retryable)?;
+    let local = download_folder(ctx, &job, layout::FINETUNE_FINAL, "exports")?;
     let student = Student::load(&local, ctx.device, kind_of(spec.teacher.dtype)).map_err(TaskError::retryable)?;
-    let (_tvs, teacher) = data::teacher(ctx, spec)?;
+    let (_tvs, teacher) = inputs::teacher(ctx, spec)?;
     ctx.handle.check()?;
 
     // The exported folder: the same files, under export/.
-    let export_dir = layout::EXPORT_DIR;
-    let mut artifacts = Vec::new();
-    for entry in std::fs::read_dir(&local).map_err(TaskError::retryable)? {
-        let entry = entry.map_err(TaskError::retryable)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let bytes = std::fs::read(entry.path()).map_err(TaskError::retryable)?;
-        let path = format!("{export_dir}/{name}");
-        ctx.block_on(job.put(&path, bytes.into()))
-            .map_err(TaskError::retryable)?;
-        artifacts.push(path);
-    }
+    let mut artifacts = upload_folder(ctx, &job, &local, layout::EXPORT_DIR)?;
 
     // FLOPs, from the cost model at the spec's size.
     let shape = spec.model_shape();
@@ -130,7 +118,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         .map(|r| r.metrics.clone())
         .unwrap_or_default();
 
-    let prompts = data::prompts(ctx, spec)?;
+    let prompts = inputs::prompts(ctx, spec)?;
     let text = prompts.embeds.narrow(0, 0, 1).to_device(ctx.device);
     let (probe_mean_abs, probe_rel) = probe(&student.model, &teacher, &text, probe_shape(spec));
     let report = json!({

@@ -14,8 +14,10 @@
 //! complete one. Rank 0 writes the final student to `finetune/final/` and completes.
 
 use super::TaskContext;
-use super::data::{self, kind_of};
+use super::folders::{model_folder, upload_folder};
 use super::gang::collective_error;
+use super::inputs::{self, kind_of};
+use super::seeds;
 use super::trainer::Trainer;
 use crate::collective::{Collective, Local};
 use crate::model::WanTransformer;
@@ -54,7 +56,7 @@ impl Dataset {
         let mut latents = Vec::new();
         let mut text = Vec::new();
         if spec.data.finetune_data == "capture" {
-            let prompts = data::prompts(ctx, spec)?;
+            let prompts = inputs::prompts(ctx, spec)?;
             for shard in 0..spec.capture_shards() {
                 let path = layout::latents_shard(shard);
                 let bytes = ctx.block_on(job.get(&path)).map_err(TaskError::retryable)?;
@@ -102,12 +104,7 @@ impl Dataset {
 /// The sample at a position of the training sequence: seeded epochs of the data set.
 fn sample_index(seed: u64, position: u64, len: usize) -> usize {
     let epoch = position / len as u64;
-    let mut order: Vec<usize> = (0..len).collect();
-    let mut rng = SeededRng::new(data::seed_for(seed, SEED_ORDER, epoch, 0));
-    for i in (1..len).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
+    let order = seeds::permutation(len, seeds::seed_for(seed, SEED_ORDER, epoch, 0));
     order[(position % len as u64) as usize]
 }
 
@@ -131,7 +128,7 @@ fn build_student(ctx: &TaskContext, spec: &JobSpec, job: &Storage) -> Result<Stu
         ));
     }
     let surgery = SurgeryConfig::new(spec.surgery.feature_map.clone(), converted.clone());
-    let teacher_dir = data::local_model_dir(ctx, &spec.teacher.url)?;
+    let teacher_dir = model_folder(ctx, &spec.teacher.url)?;
     let mut student = Student::from_teacher(&teacher_dir, surgery, ctx.device, kind_of(spec.teacher.dtype))
         .map_err(TaskError::fatal)?;
     for block in &converted {
@@ -199,7 +196,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
 
     let student = build_student(ctx, spec, &job)?;
     let teacher = if ft.teacher_loss_weight > 0.0 {
-        Some(data::teacher(ctx, spec)?.1)
+        Some(inputs::teacher(ctx, spec)?.1)
     } else {
         None
     };
@@ -253,8 +250,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             let index = sample_index(seed, position, dataset.len());
             let x0 = dataset.latents[index].unsqueeze(0).to_device(ctx.device);
             let text = dataset.text[index].unsqueeze(0).to_device(ctx.device);
-            let noise = seeded_noise(data::seed_for(seed, SEED_NOISE, position, 0), &x0.size(), ctx.device);
-            let u = SeededRng::new(data::seed_for(seed, SEED_SIGMA, position, 0)).uniform_open();
+            let noise = seeded_noise(seeds::seed_for(seed, SEED_NOISE, position, 0), &x0.size(), ctx.device);
+            let u = SeededRng::new(seeds::seed_for(seed, SEED_SIGMA, position, 0)).uniform_open();
             let sigma = shift_sigma(u, spec.sampler.shift);
             local_loss += sample_step(
                 &student.model,
@@ -317,16 +314,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let final_dir = layout::FINETUNE_FINAL;
     let local = tempfile::tempdir().map_err(TaskError::retryable)?;
     student.save(local.path()).map_err(TaskError::retryable)?;
-    let mut artifacts = Vec::new();
-    for entry in std::fs::read_dir(local.path()).map_err(TaskError::retryable)? {
-        let entry = entry.map_err(TaskError::retryable)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let bytes = std::fs::read(entry.path()).map_err(TaskError::retryable)?;
-        let path = format!("{final_dir}/{name}");
-        ctx.block_on(job.put(&path, bytes.into()))
-            .map_err(TaskError::retryable)?;
-        artifacts.push(path);
-    }
+    let mut artifacts = upload_folder(ctx, &job, local.path(), final_dir)?;
     let curve_path = layout::FINETUNE_LOSS_CURVE.to_string();
     ctx.block_on(job.put(&curve_path, serde_json::to_vec(&meta.loss_curve).expect("json").into()))
         .map_err(TaskError::retryable)?;

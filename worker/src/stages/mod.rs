@@ -12,14 +12,17 @@
 //! - [`export`]: the student folder and report.json.
 //! - [`evaluate`]: teacher agreement on held-out prompts.
 
+pub mod cache;
 pub mod capture;
-pub mod data;
 pub mod distill;
 pub mod evaluate;
 pub mod export;
 pub mod finetune;
+pub mod folders;
 pub mod gang;
 pub mod input;
+pub mod inputs;
+pub mod seeds;
 pub mod task;
 pub mod trainer;
 

@@ -111,6 +111,21 @@ pub enum StorageError {
         source: Arc<std::io::Error>,
     },
 
+    /// Reading a local file to upload failed.
+    #[error(
+        "{op} local file {} (uploading to `{url}/{path}`) failed: {source}; check that the folder exists \
+         and is readable",
+        local.display()
+    )]
+    LocalRead {
+        op: &'static str,
+        url: String,
+        path: String,
+        local: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
     /// A download ended with a different size than the store listed.
     #[error(
         "downloaded `{url}/{path}` has {got} bytes, but the store listed {expected}; the object \
@@ -549,6 +564,49 @@ impl Storage {
         Ok(summary)
     }
 
+    /// Writes every file directly in `local_dir` to `{prefix}/{file name}`, one after
+    /// another in the folder's listing order (sub-folders are not descended into), e.g. a
+    /// model folder; returns the paths written, relative to the root.
+    pub async fn upload_dir(&self, prefix: &str, local_dir: impl AsRef<FsPath>) -> Result<Vec<String>, StorageError> {
+        let local_dir = local_dir.as_ref();
+        let prefix = trim_slashes(prefix);
+        let read_err = |op: &'static str, local: &FsPath, path: &str| {
+            let (url, path, local) = (self.url(), path.to_string(), local.to_path_buf());
+            move |e: std::io::Error| StorageError::LocalRead {
+                op,
+                url,
+                path,
+                local,
+                source: Arc::new(e),
+            }
+        };
+        let mut entries = tokio::fs::read_dir(local_dir)
+            .await
+            .map_err(read_err("list", local_dir, prefix))?;
+        let mut written = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(read_err("list", local_dir, prefix))?
+        {
+            let local = entry.path();
+            let kind = entry.file_type().await.map_err(read_err("stat", &local, prefix))?;
+            if !kind.is_file() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let bytes = tokio::fs::read(&local).await.map_err(read_err("read", &local, &path))?;
+            self.put(&path, bytes.into()).await?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+
     async fn download_file(&self, path: &str, size: u64, dest: &FsPath) -> Result<(), StorageError> {
         let local_err = |op: &'static str, local: &FsPath| {
             let (url, path, local) = (self.url(), path.to_string(), local.to_path_buf());
@@ -662,5 +720,38 @@ mod tests {
         let err = rt.block_on(s.get("missing/file")).unwrap_err();
         assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
         assert!(err.to_string().contains("memory://root/missing/file"), "{err}");
+    }
+
+    #[test]
+    fn a_folder_uploads_file_by_file_and_downloads_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("student");
+        std::fs::create_dir_all(folder.join("nested")).unwrap();
+        std::fs::write(folder.join("config.json"), b"{}").unwrap();
+        std::fs::write(folder.join("model.safetensors"), vec![7u8; 1000]).unwrap();
+        std::fs::write(folder.join("nested/skipped.bin"), b"x").unwrap();
+        let s = Storage::from_url("memory://root").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut written = rt.block_on(s.upload_dir("jobs/j1/export/", &folder)).unwrap();
+        written.sort();
+        assert_eq!(
+            written,
+            ["jobs/j1/export/config.json", "jobs/j1/export/model.safetensors"]
+        );
+        assert_eq!(
+            rt.block_on(s.get("jobs/j1/export/model.safetensors")).unwrap().len(),
+            1000
+        );
+
+        let back = tmp.path().join("back");
+        let summary = rt.block_on(s.join("jobs/j1/export").download_dir("", &back)).unwrap();
+        assert_eq!(summary.downloaded, 2);
+        assert_eq!(std::fs::read(back.join("config.json")).unwrap(), b"{}");
+
+        let err = rt.block_on(s.upload_dir("x", tmp.path().join("missing"))).unwrap_err();
+        assert!(matches!(err, StorageError::LocalRead { .. }), "{err}");
     }
 }
