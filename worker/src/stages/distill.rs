@@ -12,14 +12,15 @@
 
 use super::cache::{BlockCache, Shard};
 use super::trainer::Trainer;
+use super::training::{LoopSettings, LossCurve, Training, TrainingMeta};
 use super::{DistillPair, TaskContext};
 use super::{inputs, seeds};
 use crate::attention::hybrid::{HybridAttention, HybridConfig};
 use crate::attention::score_loss::attention_score_loss;
 use crate::attention::{TokenGrid, softmax_attention};
 use crate::model::{Rope, WanTransformer};
-use crate::stages::task::{StopReason, TaskError, TaskOutput};
-use crate::storage::{Checkpointer, SnapshotWriter, tensors};
+use crate::stages::task::{TaskError, TaskOutput};
+use crate::storage::tensors;
 use crate::train::value_distillation_loss;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,9 +36,19 @@ const SEED_PURPOSE: u64 = 0xD157;
 /// The checkpoint's and result's meta data.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Meta {
-    step: u64,
+    #[serde(flatten)]
+    curve: LossCurve,
     untrained_heldout_error: f64,
-    loss_curve: Vec<f64>,
+}
+
+impl TrainingMeta for Meta {
+    fn step(&self) -> u64 {
+        self.curve.step
+    }
+
+    fn record(&mut self, loss: f64) {
+        self.curve.record(loss);
+    }
 }
 
 /// q, k, v of a batch and the teacher's attention output: computed once, used U times.
@@ -176,37 +187,19 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
     });
     let distill = &spec.stages.distill;
     // fp32 parameters: no master copies, but the same step as fine-tuning.
-    let mut trainer = Trainer::new(&vs, distill.lr, distill.weight_decay)?;
-
-    let dir = layout::distill_dir(params.block, rate);
-    let checkpoints = SnapshotWriter::new(Checkpointer::new(
-        job.clone(),
-        &dir,
-        spec.checkpoint.keep_last as usize,
-        ctx.runtime.clone(),
-    ));
+    let trainer = Trainer::new(&vs, distill.lr, distill.weight_decay)?;
     let cache = BlockCache::new(&job, spec, params.block);
     let batch = distill.batch as usize;
 
     // Resume from the newest complete checkpoint, or start fresh.
-    let mut meta = Meta::default();
-    match checkpoints.latest().map_err(TaskError::retryable)? {
-        Some(restored) => {
-            meta =
-                serde_json::from_value(restored.meta).map_err(|e| TaskError::Fatal(format!("checkpoint meta: {e}")))?;
-            let state = tensors::from_bytes(&restored.files["state.safetensors"]).map_err(TaskError::retryable)?;
-            trainer.restore(&state)?;
-            ctx.handle
-                .log("info", format!("resumed from the checkpoint at step {}", meta.step));
-        }
-        None => {
-            meta.untrained_heldout_error = heldout_error(ctx, &cache, &target, &hybrid, batch)?;
-        }
+    let dir = layout::distill_dir(params.block, rate);
+    let mut training: Training<Meta> = Training::resume(ctx, &job, &dir, trainer)?;
+    if !training.resumed() {
+        training.meta.untrained_heldout_error = heldout_error(ctx, &cache, &target, &hybrid, batch)?;
     }
 
     let total = u64::from(distill.steps);
     let updates = u64::from(distill.updates_per_batch);
-    let every = u64::from(spec.checkpoint.every_steps);
     let seed = seeds::seed_for(
         spec.sampler.seed,
         SEED_PURPOSE,
@@ -218,7 +211,7 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
     if epoch_len == 0 {
         return Err(TaskError::Fatal("no training samples in the cache".into()));
     }
-    let first_batch = meta.step / updates;
+    let first_batch = training.meta.curve.step / updates;
     let last_batch = total.div_ceil(updates);
     let (from, to) = (first_batch * batch as u64, last_batch * batch as u64);
     let mut positions: Vec<(usize, usize)> = Vec::with_capacity((to - from) as usize);
@@ -235,25 +228,16 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
     }
     let mut prefetch = cache.prefetch(ctx.runtime.clone(), shard_order, ctx.device);
 
-    let save = |meta: &Meta, trainer: &Trainer| {
-        checkpoints.save(
-            meta.step,
-            "state.safetensors",
-            &trainer.state(),
-            serde_json::to_value(meta).expect("meta"),
-        );
+    let settings = LoopSettings {
+        total_steps: total,
+        writes_checkpoints: true,
+        clip: None,
+        activity: "distilling",
+        loss_name: "distillation",
+        lr_setting: "stages.distill.lr",
     };
-
-    let first_step = meta.step;
     let mut current: Option<(u64, Batch)> = None;
-    for step in meta.step..total {
-        if let Some(reason) = ctx.handle.stop_requested() {
-            if reason == StopReason::Preempted && meta.step > first_step {
-                save(&meta, &trainer);
-                checkpoints.flush().map_err(TaskError::retryable)?;
-            }
-            return Err(TaskError::Stopped(reason));
-        }
+    training.run(ctx, &settings, |step, _| {
         let batch_index = step / updates;
         if current.as_ref().map(|(i, _)| *i) != Some(batch_index) {
             let start = ((batch_index - first_batch) * batch as u64) as usize;
@@ -268,27 +252,9 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
             DistillLoss::ValueL1 => value_distillation_loss(&b.target, &hybrid.forward(&b.q, &b.k, &b.v, grid)),
             DistillLoss::AttentionScore => attention_score_loss(&hybrid, &b.q, &b.k, grid, 1),
         };
-        let value = loss.double_value(&[]);
-        if !value.is_finite() {
-            return Err(TaskError::Fatal(format!(
-                "the distillation loss is {value} at step {step}; lower stages.distill.lr"
-            )));
-        }
         loss.backward();
-        trainer.step(None)?;
-        meta.loss_curve.push(value);
-        meta.step = step + 1;
-        ctx.handle.report(
-            meta.step,
-            total,
-            first_step,
-            BTreeMap::from([("loss".to_string(), value)]),
-            "distilling",
-        );
-        if meta.step % every == 0 && meta.step < total {
-            save(&meta, &trainer);
-        }
-    }
+        Ok(loss.double_value(&[]))
+    })?;
     drop(prefetch);
 
     let error = heldout_error(ctx, &cache, &target, &hybrid, batch)?;
@@ -305,7 +271,8 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
     let attention_ms = tch::no_grad(|| time_ms(ctx.device, || drop(hybrid.forward(&q, &k, &v, grid))));
     let softmax_ms = tch::no_grad(|| time_ms(ctx.device, || drop(softmax_attention(&q, &k, &v))));
 
-    let mut outputs: Vec<(String, Tensor)> = trainer
+    let mut outputs: Vec<(String, Tensor)> = training
+        .trainer
         .named
         .iter()
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
@@ -317,22 +284,43 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
         .map_err(TaskError::retryable)?;
     let metrics = BTreeMap::from([
         (results::HELDOUT_ERROR.to_string(), error),
-        ("untrained_heldout_error".to_string(), meta.untrained_heldout_error),
         (
-            "final_loss".to_string(),
-            meta.loss_curve.last().copied().unwrap_or(f64::NAN),
+            "untrained_heldout_error".to_string(),
+            training.meta.untrained_heldout_error,
         ),
+        ("final_loss".to_string(), training.meta.curve.last_loss()),
         (results::ATTENTION_MS.to_string(), attention_ms),
         (results::SOFTMAX_ATTENTION_MS.to_string(), softmax_ms),
     ]);
-    let result = serde_json::json!({ "block": params.block, "rate": rate.code(), "metrics": metrics, "loss_curve": meta.loss_curve });
+    let result = serde_json::json!({ "block": params.block, "rate": rate.code(), "metrics": metrics, "loss_curve": training.meta.curve.loss_curve });
     let result_path = layout::distill_result(params.block, rate);
     ctx.block_on(job.put(&result_path, serde_json::to_vec_pretty(&result).expect("json").into()))
         .map_err(TaskError::retryable)?;
-    checkpoints.flush().map_err(TaskError::retryable)?;
+    training.finish()?;
     Ok(TaskOutput {
         metrics,
         artifacts: vec![phi_path, result_path],
         report: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_meta_keeps_its_json_fields() {
+        let mut meta = Meta {
+            untrained_heldout_error: 0.5,
+            ..Meta::default()
+        };
+        meta.record(0.25);
+        let json = serde_json::to_value(&meta).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({ "step": 1, "untrained_heldout_error": 0.5, "loss_curve": [0.25] })
+        );
+        let back: Meta = serde_json::from_value(json).unwrap();
+        assert_eq!((back.step(), back.curve.loss_curve), (1, vec![0.25]));
+    }
 }

@@ -19,14 +19,14 @@ use super::gang::collective_error;
 use super::inputs::{self, kind_of};
 use super::seeds;
 use super::trainer::Trainer;
+use super::training::{LoopSettings, LossCurve, Training};
 use crate::collective::{Collective, Local};
 use crate::model::WanTransformer;
 use crate::sampler::{SeededRng, seeded_noise};
-use crate::stages::task::{StopReason, TaskError, TaskOutput};
-use crate::storage::{Checkpointer, SnapshotWriter, Storage, tensors};
+use crate::stages::task::{TaskError, TaskOutput};
+use crate::storage::{Storage, tensors};
 use crate::student::{ConvertedBlock, Student, SurgeryConfig};
 use crate::train::{flow_matching_loss, recompute, shift_sigma, timestep_of};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use surgery_core::layout;
 use surgery_core::rate::Rate;
@@ -36,12 +36,6 @@ use tch::{Kind, Tensor};
 const SEED_ORDER: u64 = 0xF1_0001;
 const SEED_NOISE: u64 = 0xF1_0002;
 const SEED_SIGMA: u64 = 0xF1_0003;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Meta {
-    step: u64,
-    loss_curve: Vec<f64>,
-}
 
 /// The fine-tuning data: latents [C, F, H, W] (f32, CPU) with their prompt embeddings.
 pub struct Dataset {
@@ -201,49 +195,23 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         None
     };
     let dataset = Dataset::load(ctx, spec, &job)?;
-    let mut trainer = Trainer::new(&student.vs, ft.lr, ft.weight_decay)?;
-    let dir = layout::FINETUNE_DIR;
-    let checkpoints = SnapshotWriter::new(Checkpointer::new(
-        job.clone(),
-        dir,
-        spec.checkpoint.keep_last as usize,
-        ctx.runtime.clone(),
-    ));
-
-    let mut meta = Meta::default();
-    if let Some(restored) = checkpoints.latest().map_err(TaskError::retryable)? {
-        meta = serde_json::from_value(restored.meta).map_err(|e| TaskError::Fatal(format!("checkpoint meta: {e}")))?;
-        let state = tensors::from_bytes(&restored.files["state.safetensors"]).map_err(TaskError::retryable)?;
-        trainer.restore(&state)?;
-        ctx.handle
-            .log("info", format!("resumed from the checkpoint at step {}", meta.step));
-    }
+    let trainer = Trainer::new(&student.vs, ft.lr, ft.weight_decay)?;
+    let mut training: Training<LossCurve> = Training::resume(ctx, &job, layout::FINETUNE_DIR, trainer)?;
 
     let mut collective: Box<dyn Collective> = match &ctx.gang {
         Some(gang) => gang.connect(&ctx.handle, ctx.device)?,
         None => Box::new(Local),
     };
-    let save = |meta: &Meta, trainer: &Trainer| {
-        checkpoints.save(
-            meta.step,
-            "state.safetensors",
-            &trainer.state(),
-            serde_json::to_value(meta).expect("meta"),
-        );
+    let settings = LoopSettings {
+        total_steps: u64::from(ft.steps),
+        writes_checkpoints: rank == 0,
+        clip: (ft.grad_clip > 0.0).then_some(ft.grad_clip),
+        activity: "fine-tuning",
+        loss_name: "fine-tuning",
+        lr_setting: "stages.finetune.lr",
     };
-
-    let total = u64::from(ft.steps);
-    let every = u64::from(spec.checkpoint.every_steps);
     let seed = spec.sampler.seed;
-    let first_step = meta.step;
-    for step in meta.step..total {
-        if let Some(reason) = ctx.handle.stop_requested() {
-            if reason == StopReason::Preempted && rank == 0 && meta.step > first_step {
-                save(&meta, &trainer);
-                checkpoints.flush().map_err(TaskError::retryable)?;
-            }
-            return Err(TaskError::Stopped(reason));
-        }
+    training.run(ctx, &settings, |step, trainer| {
         let mut local_loss = 0.0;
         for j in 0..local {
             let position = step * global as u64 + (rank * local + j) as u64;
@@ -273,27 +241,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             to_reduce.push(loss_t.shallow_clone());
             collective.all_reduce_sum(&to_reduce).map_err(collective_error)?;
         }
-        let loss = loss_t.double_value(&[0]);
-        if !loss.is_finite() {
-            return Err(TaskError::Fatal(format!(
-                "the fine-tuning loss is {loss} at step {step}; lower stages.finetune.lr"
-            )));
-        }
-        let clip = (ft.grad_clip > 0.0).then_some(ft.grad_clip);
-        trainer.step(clip)?;
-        meta.loss_curve.push(loss);
-        meta.step = step + 1;
-        ctx.handle.report(
-            meta.step,
-            total,
-            first_step,
-            BTreeMap::from([("loss".to_string(), loss)]),
-            "fine-tuning",
-        );
-        if rank == 0 && meta.step % every == 0 && meta.step < total {
-            save(&meta, &trainer);
-        }
-    }
+        Ok(loss_t.double_value(&[0]))
+    })?;
     collective.barrier().map_err(collective_error)?;
     if rank != 0 {
         // Rank 0 writes the student and completes the task. Until it has, this member
@@ -316,17 +265,17 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     student.save(local.path()).map_err(TaskError::retryable)?;
     let mut artifacts = upload_folder(ctx, &job, local.path(), final_dir)?;
     let curve_path = layout::FINETUNE_LOSS_CURVE.to_string();
-    ctx.block_on(job.put(&curve_path, serde_json::to_vec(&meta.loss_curve).expect("json").into()))
-        .map_err(TaskError::retryable)?;
+    ctx.block_on(job.put(
+        &curve_path,
+        serde_json::to_vec(&training.meta.loss_curve).expect("json").into(),
+    ))
+    .map_err(TaskError::retryable)?;
     artifacts.push(curve_path);
-    checkpoints.flush().map_err(TaskError::retryable)?;
+    training.finish()?;
     Ok(TaskOutput {
         metrics: BTreeMap::from([
-            (
-                "final_loss".to_string(),
-                meta.loss_curve.last().copied().unwrap_or(f64::NAN),
-            ),
-            ("steps".to_string(), meta.step as f64),
+            ("final_loss".to_string(), training.meta.last_loss()),
+            ("steps".to_string(), training.meta.step as f64),
             ("samples".to_string(), dataset.len() as f64),
             ("workers".to_string(), world as f64),
         ]),

@@ -25,6 +25,7 @@ pub mod inputs;
 pub mod seeds;
 pub mod task;
 pub mod trainer;
+pub mod training;
 
 use crate::storage::Storage;
 pub use gang::Gang;
