@@ -89,6 +89,31 @@ impl TeacherBlock<'_> {
     }
 }
 
+/// The cached samples distillation trains on from step `first_step` to `total_steps`, in
+/// order: each loaded batch of `batch` samples serves `updates` steps, and batch i holds
+/// positions `i * batch ..` of a sequence of epochs, epoch e being `epoch_order(e)` (each
+/// `epoch_len` > 0 samples long). The batches are `first_step / updates ..
+/// ceil(total_steps / updates)`, so a resumed run's samples are the tail of a fresh run's.
+pub fn sample_order<T: Copy>(
+    first_step: u64,
+    total_steps: u64,
+    updates: u64,
+    batch: u64,
+    epoch_len: u64,
+    epoch_order: impl Fn(u64) -> Vec<T>,
+) -> Vec<T> {
+    let first_batch = first_step / updates;
+    let last_batch = total_steps.div_ceil(updates);
+    let (from, to) = (first_batch * batch, last_batch * batch);
+    let mut positions = Vec::with_capacity(to.saturating_sub(from) as usize);
+    for epoch in from / epoch_len..=to.saturating_sub(1) / epoch_len {
+        let order = epoch_order(epoch);
+        let start = epoch * epoch_len;
+        positions.extend((start.max(from)..(start + epoch_len).min(to)).map(|p| order[(p - start) as usize]));
+    }
+    positions
+}
+
 /// Mean L1 error of the hybrid output against the teacher's on the held-out samples.
 fn heldout_error(
     ctx: &TaskContext,
@@ -211,15 +236,11 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
     if epoch_len == 0 {
         return Err(TaskError::Fatal("no training samples in the cache".into()));
     }
-    let first_batch = training.meta.curve.step / updates;
-    let last_batch = total.div_ceil(updates);
-    let (from, to) = (first_batch * batch as u64, last_batch * batch as u64);
-    let mut positions: Vec<(usize, usize)> = Vec::with_capacity((to - from) as usize);
-    for epoch in from / epoch_len..=to.saturating_sub(1) / epoch_len {
-        let order = cache.train_order(seed ^ epoch);
-        let start = epoch * epoch_len;
-        positions.extend((start.max(from)..(start + epoch_len).min(to)).map(|p| order[(p - start) as usize]));
-    }
+    let first_step = training.meta.curve.step;
+    let first_batch = first_step / updates;
+    let positions = sample_order(first_step, total, updates, batch as u64, epoch_len, |epoch| {
+        cache.train_order(seed ^ epoch)
+    });
     let mut shard_order: Vec<usize> = Vec::new();
     for (s, _) in &positions {
         if shard_order.last() != Some(s) {
@@ -322,5 +343,21 @@ mod tests {
         );
         let back: Meta = serde_json::from_value(json).unwrap();
         assert_eq!((back.step(), back.curve.loss_curve), (1, vec![0.25]));
+    }
+
+    #[test]
+    fn a_resumed_run_trains_on_the_tail_of_a_fresh_runs_samples() {
+        let epoch = |e: u64| crate::stages::seeds::permutation(7, e);
+        let (total, updates, batch) = (23, 2, 3);
+        let fresh = sample_order(0, total, updates, batch, 7, epoch);
+        assert_eq!(fresh.len(), 12 * 3, "ceil(23 / 2) batches of 3");
+        assert_eq!(fresh[..7], epoch(0)[..]);
+        assert_eq!(fresh[7..14], epoch(1)[..]);
+        for first_step in 0..total {
+            let resumed = sample_order(first_step, total, updates, batch, 7, epoch);
+            let skipped = ((first_step / updates) * batch) as usize;
+            assert_eq!(resumed, fresh[skipped..], "resumed at step {first_step}");
+        }
+        assert!(sample_order(0, 0, updates, batch, 7, epoch).is_empty());
     }
 }
