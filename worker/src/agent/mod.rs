@@ -17,6 +17,7 @@ pub mod rendezvous;
 pub mod slots;
 
 use crate::collective::gang_token;
+use crate::stages::gang::Member;
 use crate::stages::task::{StopReason, TaskError, TaskHandle, TaskOutput};
 use crate::stages::{self, Gang, TaskContext};
 use client::{Client, retrying};
@@ -269,14 +270,14 @@ impl Agent {
                 task_id: assignment.task_id.clone(),
                 attempt: assignment.attempt,
             };
-            Gang::new(
-                Box::new(rendezvous),
-                assignment.rank,
-                assignment.gang_size,
-                gang_token(&assignment.task_id, assignment.attempt),
-                self.config.advertise_host.clone(),
-                self.config.collective_timeout,
-            )
+            let member = Member {
+                rank: assignment.rank,
+                world: assignment.gang_size,
+                token: gang_token(&assignment.task_id, assignment.attempt),
+                advertise_host: self.config.advertise_host.clone(),
+                timeout: self.config.collective_timeout,
+            };
+            Gang::new(Box::new(rendezvous), member)
         })
     }
 

@@ -18,16 +18,16 @@ use super::{inputs, seeds};
 use crate::attention::hybrid::{HybridAttention, HybridConfig};
 use crate::attention::score_loss::attention_score_loss;
 use crate::attention::softmax_attention;
+use crate::runtime::median_ms;
 use crate::stages::task::{TaskError, TaskOutput};
 use crate::storage::tensors;
 use crate::train::{Batch, TeacherBlock, value_distillation_loss};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::Instant;
 use surgery_core::spec::DistillLoss;
 use surgery_core::{layout, results};
+use tch::Tensor;
 use tch::nn::VarStore;
-use tch::{Device, Tensor};
 
 /// Purpose tag of this stage's random streams.
 const SEED_PURPOSE: u64 = 0xD157;
@@ -107,29 +107,6 @@ fn heldout_error(
         count += picked.len();
     }
     Ok(total / count as f64)
-}
-
-/// Median forward milliseconds of `f` (for the knapsack's measured cost).
-fn time_ms(device: Device, mut f: impl FnMut()) -> f64 {
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
-    for _ in 0..2 {
-        f();
-    }
-    sync();
-    let mut times: Vec<f64> = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            sync();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[2]
 }
 
 pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskError> {
@@ -250,8 +227,8 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
             Tensor::randn(shape, opts),
         )
     };
-    let attention_ms = tch::no_grad(|| time_ms(ctx.device, || drop(hybrid.forward(&q, &k, &v, grid))));
-    let softmax_ms = tch::no_grad(|| time_ms(ctx.device, || drop(softmax_attention(&q, &k, &v))));
+    let attention_ms = tch::no_grad(|| median_ms(ctx.device, 2, 5, || drop(hybrid.forward(&q, &k, &v, grid))));
+    let softmax_ms = tch::no_grad(|| median_ms(ctx.device, 2, 5, || drop(softmax_attention(&q, &k, &v))));
 
     let mut outputs: Vec<(String, Tensor)> = training
         .trainer

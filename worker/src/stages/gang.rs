@@ -38,15 +38,23 @@ pub trait Rendezvous: Send + Sync {
     fn meet(&self, arrival: &Arrival) -> Result<Option<Meeting>, TaskError>;
 }
 
-/// This member's place in its gang and how it reaches the others.
+/// This member's place in its gang.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub rank: u32,
+    pub world: u32,
+    /// The TCP ring handshake's token (`collective::gang_token` of the task and attempt).
+    pub token: String,
+    /// Where peers reach this worker's TCP ring.
+    pub advertise_host: String,
+    /// The collectives' watchdog.
+    pub timeout: Duration,
+}
+
+/// A member of a gang and how it meets the others.
 pub struct Gang {
     rendezvous: Box<dyn Rendezvous>,
-    rank: u32,
-    world: u32,
-    /// The TCP ring handshake's token (`collective::gang_token` of the task and attempt).
-    token: String,
-    advertise_host: String,
-    timeout: Duration,
+    member: Member,
 }
 
 /// A collective failure ends this attempt of the gang: a lost peer is not counted against
@@ -60,32 +68,16 @@ pub fn collective_error(err: CollectiveError) -> TaskError {
 }
 
 impl Gang {
-    /// Member `rank` of `world`; `advertise_host` is where peers reach this worker's TCP
-    /// ring, `timeout` the collectives' watchdog.
-    pub fn new(
-        rendezvous: Box<dyn Rendezvous>,
-        rank: u32,
-        world: u32,
-        token: String,
-        advertise_host: String,
-        timeout: Duration,
-    ) -> Gang {
-        Gang {
-            rendezvous,
-            rank,
-            world,
-            token,
-            advertise_host,
-            timeout,
-        }
+    pub fn new(rendezvous: Box<dyn Rendezvous>, member: Member) -> Gang {
+        Gang { rendezvous, member }
     }
 
     pub fn rank(&self) -> usize {
-        self.rank as usize
+        self.member.rank as usize
     }
 
     pub fn world_size(&self) -> usize {
-        self.world as usize
+        self.member.world as usize
     }
 
     /// Waits for every member, then connects the collective for `device`.
@@ -104,14 +96,15 @@ impl Gang {
                     .as_slice()
                     .try_into()
                     .map_err(|_| TaskError::Lost("rank 0 brought no NCCL unique id".into()))?;
-                let nccl = Nccl::new(index, rank, self.world_size(), id, self.timeout).map_err(collective_error)?;
+                let nccl =
+                    Nccl::new(index, rank, self.world_size(), id, self.member.timeout).map_err(collective_error)?;
                 Ok(Box::new(nccl))
             }
             _ => {
-                let (listener, endpoint) = TcpRing::bind(&self.advertise_host).map_err(collective_error)?;
+                let (listener, endpoint) = TcpRing::bind(&self.member.advertise_host).map_err(collective_error)?;
                 let met = self.meet(handle, endpoint, Vec::new())?;
                 let ring = listener
-                    .connect(rank, &met.endpoints, &self.token, self.timeout)
+                    .connect(rank, &met.endpoints, &self.member.token, self.member.timeout)
                     .map_err(collective_error)?;
                 Ok(Box::new(ring))
             }
@@ -120,11 +113,14 @@ impl Gang {
 
     fn meet(&self, handle: &TaskHandle, endpoint: String, nccl_unique_id: Vec<u8>) -> Result<Meeting, TaskError> {
         let arrival = Arrival {
-            rank: self.rank,
+            rank: self.member.rank,
             endpoint,
             nccl_unique_id,
         };
-        handle.log("info", format!("waiting for the gang of {} at rendezvous", self.world));
+        handle.log(
+            "info",
+            format!("waiting for the gang of {} at rendezvous", self.member.world),
+        );
         loop {
             handle.check()?;
             if let Some(met) = self.rendezvous.meet(&arrival)? {
@@ -139,6 +135,16 @@ mod tests {
     use super::*;
     use crate::stages::task::StopReason;
     use std::sync::Mutex;
+
+    fn member(rank: u32, world: u32) -> Member {
+        Member {
+            rank,
+            world,
+            token: "t/attempt-1".into(),
+            advertise_host: "127.0.0.1".into(),
+            timeout: Duration::from_secs(5),
+        }
+    }
 
     /// Answers "not yet" `pending` times, then the meeting.
     struct Scripted {
@@ -167,14 +173,7 @@ mod tests {
             pending: Mutex::new(2),
             seen: Mutex::new(Vec::new()),
         });
-        let gang = Gang::new(
-            rendezvous,
-            0,
-            1,
-            "t/attempt-1".into(),
-            "127.0.0.1".into(),
-            Duration::from_secs(5),
-        );
+        let gang = Gang::new(rendezvous, member(0, 1));
         let handle = TaskHandle::new("j:t".into(), 1);
         let collective = gang.connect(&handle, Device::Cpu).unwrap();
         assert_eq!((collective.rank(), collective.world_size()), (0, 1));
@@ -190,14 +189,7 @@ mod tests {
 
     #[test]
     fn a_stop_ends_the_wait() {
-        let gang = Gang::new(
-            Box::new(Revoked),
-            1,
-            2,
-            "t".into(),
-            "127.0.0.1".into(),
-            Duration::from_secs(5),
-        );
+        let gang = Gang::new(Box::new(Revoked), member(1, 2));
         let handle = TaskHandle::new("j:t".into(), 1);
         handle.request_stop(StopReason::Revoked);
         assert_eq!(

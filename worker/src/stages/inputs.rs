@@ -3,10 +3,12 @@
 //! the spec names.
 
 use super::TaskContext;
-use super::folders::model_folder;
+use super::folders::{download_folder, model_folder};
 use super::task::TaskError;
 use crate::model::{WanTransformer, WeightsError, weights};
 use crate::storage::{Storage, tensors};
+use crate::student::Student;
+use std::path::PathBuf;
 use surgery_core::spec::{Dtype, JobSpec};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
@@ -48,6 +50,15 @@ pub fn teacher(ctx: &TaskContext, spec: &JobSpec) -> Result<(VarStore, WanTransf
     let (vs, model) = weights::load(&dir, ctx.device, kind_of(spec.teacher.dtype)).map_err(weights_error)?;
     check_shape(spec, &model)?;
     Ok((vs, model))
+}
+
+/// The student in the job's folder `dir` (fresh from the store, at `{cache}/{purpose}/{job}`)
+/// on the task's device in the spec's dtype, and the local folder it was loaded from.
+pub fn student(ctx: &TaskContext, job: &Storage, dir: &str, purpose: &str) -> Result<(Student, PathBuf), TaskError> {
+    let local = download_folder(ctx, job, dir, purpose)?;
+    let student =
+        Student::load(&local, ctx.device, kind_of(ctx.input.spec.teacher.dtype)).map_err(TaskError::retryable)?;
+    Ok((student, local))
 }
 
 /// The teacher folder's config.json must describe the architecture the spec declares

@@ -185,6 +185,14 @@ mod tests {
 
     const SPEC: &str = "version: 1\nname: loop\nteacher:\n  url: /none\n  preset: wan2.1-t2v-1.3b\ndata:\n  prompts: /none\n  train_prompts: 8\n  prompts_per_shard: 4\nvideo: {frames: 81, height: 480, width: 832}\ncheckpoint: {every_steps: 2, keep_last: 2}\n";
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     fn context(runtime: &tokio::runtime::Runtime) -> TaskContext {
         TaskContext {
             input: StageInput {
@@ -234,11 +242,7 @@ mod tests {
 
     #[test]
     fn a_run_resumed_from_a_checkpoint_repeats_the_uninterrupted_one() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let ctx = context(&runtime);
         let (_vs, fresh) = trainer();
         let mut whole: Training<LossCurve> =
@@ -264,11 +268,7 @@ mod tests {
 
     #[test]
     fn a_non_finite_loss_is_fatal_and_a_preemption_saves() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let ctx = context(&runtime);
         let job = Storage::from_url("memory://").unwrap();
         let (_vs, t) = trainer();

@@ -9,12 +9,11 @@ pub mod flops;
 pub mod probe;
 
 use super::TaskContext;
-use super::folders::{download_folder, upload_folder};
-use super::inputs::{self, kind_of};
+use super::folders::upload_folder;
+use super::inputs;
 use crate::stages::task::{TaskError, TaskOutput};
-use crate::student::Student;
 pub use flops::{FlopReport, flop_report};
-pub use probe::{PROBE_SEED, PROBE_TIMESTEP, probe, probe_shape};
+pub use probe::{PROBE_SEED, PROBE_TIMESTEP, probe, probe_shape, velocity};
 use serde_json::json;
 use std::collections::BTreeMap;
 use surgery_core::rate::Rate;
@@ -23,8 +22,7 @@ use surgery_core::{ids, layout};
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
-    let local = download_folder(ctx, &job, layout::FINETUNE_FINAL, "exports")?;
-    let student = Student::load(&local, ctx.device, kind_of(spec.teacher.dtype)).map_err(TaskError::retryable)?;
+    let (student, local) = inputs::student(ctx, &job, layout::FINETUNE_FINAL, "exports")?;
     let (_tvs, teacher) = inputs::teacher(ctx, spec)?;
     ctx.handle.check()?;
 

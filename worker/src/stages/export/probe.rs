@@ -19,26 +19,22 @@ pub fn probe(student: &WanTransformer, teacher: &WanTransformer, text: &Tensor, 
         let device = text.device();
         let x = seeded_noise(PROBE_SEED, &latent, device);
         let t = Tensor::from_slice(&[PROBE_TIMESTEP]).to_device(device);
-        let s = student
-            .forward(
-                &x.to_kind(student.compute_kind()),
-                &t,
-                &text.to_kind(student.compute_kind()),
-            )
-            .to_kind(Kind::Double);
-        let v = teacher
-            .forward(
-                &x.to_kind(teacher.compute_kind()),
-                &t,
-                &text.to_kind(teacher.compute_kind()),
-            )
-            .to_kind(Kind::Double);
+        let (s, v) = (velocity(student, &x, &t, text), velocity(teacher, &x, &t, text));
         let mean_abs = s.abs().mean(Kind::Double).double_value(&[]);
         let rel = (&s - &v).norm().double_value(&[]) / v.norm().double_value(&[]);
         (mean_abs, rel)
     })
 }
 
+/// `model`'s velocity at (`x`, `t`, `text`), each cast to the model's compute dtype, in f64.
+pub fn velocity(model: &WanTransformer, x: &Tensor, t: &Tensor, text: &Tensor) -> Tensor {
+    let kind = model.compute_kind();
+    model
+        .forward(&x.to_kind(kind), t, &text.to_kind(kind))
+        .to_kind(Kind::Double)
+}
+
+/// The probe's latent shape [1, C, F, H, W] at the spec's video size.
 pub fn probe_shape(spec: &JobSpec) -> [i64; 5] {
     let (f, h, w) = spec.latent_dims();
     [
