@@ -5,7 +5,7 @@
 //!
 //! Cache shard `cache/block-{b}/shard-{s}.safetensors` (written by capture):
 //! `hidden` [S, N, dim] and `timestep_proj` [S, 6, dim] in the teacher's dtype, `prompt`
-//! [S] and `step` [S] (i64), S = prompts of the shard x capture steps, in (prompt, step)
+//! \[S\] and `step` \[S\] (i64), S = prompts of the shard x capture steps, in (prompt, step)
 //! order.
 
 use super::seeds::shuffle;

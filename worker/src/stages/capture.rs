@@ -5,7 +5,7 @@
 //! default fine-tuning data. A restarted capture redoes its shard (a shard is the unit;
 //! keep shards small at high resolution).
 
-use super::inputs;
+use super::model_inputs;
 use super::{CaptureShard, TaskContext};
 use crate::sampler::{self, FlowMatchEuler, Scheduler, UniPc, UniPcConfig, prompt_seed, seeded_noise};
 use crate::stages::task::{TaskError, TaskOutput};
@@ -31,8 +31,8 @@ pub fn scheduler(kind: SchedulerKind, shift: f64, steps: usize) -> Box<dyn Sched
 pub fn run(ctx: &TaskContext, params: CaptureShard) -> Result<TaskOutput, TaskError> {
     let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
-    let (_vs, teacher) = inputs::teacher(ctx, spec)?;
-    let prompts = inputs::prompts(ctx, spec)?;
+    let (_vs, teacher) = model_inputs::teacher(ctx, spec)?;
+    let prompts = model_inputs::prompts(ctx, spec)?;
     let kind = teacher.compute_kind();
     let cfg = teacher.config().clone();
     let (lf, lh, lw) = spec.latent_dims();

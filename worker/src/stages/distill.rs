@@ -14,7 +14,7 @@ use super::cache::{BlockCache, Shard};
 use super::trainer::Trainer;
 use super::training::{LoopSettings, LossCurve, Training, TrainingMeta};
 use super::{DistillPair, TaskContext};
-use super::{inputs, seeds};
+use super::{model_inputs, seeds};
 use crate::attention::hybrid::{HybridAttention, HybridConfig};
 use crate::attention::score_loss::attention_score_loss;
 use crate::attention::softmax_attention;
@@ -114,7 +114,7 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
     let block = params.block as usize;
     let rate = params.rate;
     let job = ctx.job_storage()?;
-    let (_teacher_vs, teacher) = inputs::teacher(ctx, spec)?;
+    let (_teacher_vs, teacher) = model_inputs::teacher(ctx, spec)?;
     let cfg = teacher.config().clone();
     let (lf, lh, lw) = spec.latent_dims();
     let grid = teacher.grid_of((i64::from(lf), i64::from(lh), i64::from(lw)));

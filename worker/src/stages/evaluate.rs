@@ -8,7 +8,7 @@
 use super::TaskContext;
 use super::capture::scheduler;
 use super::export::velocity;
-use super::inputs;
+use super::model_inputs;
 use crate::model::WanTransformer;
 use crate::sampler::{self, prompt_seed, seeded_noise};
 use crate::stages::task::{TaskError, TaskOutput};
@@ -65,9 +65,9 @@ fn sample_with(
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
-    let (student, _) = inputs::student(ctx, &job, layout::EXPORT_DIR, "evaluate")?;
-    let (_tvs, teacher) = inputs::teacher(ctx, spec)?;
-    let prompts = inputs::prompts(ctx, spec)?;
+    let (student, _) = model_inputs::student(ctx, &job, layout::EXPORT_DIR, "evaluate")?;
+    let (_tvs, teacher) = model_inputs::teacher(ctx, spec)?;
+    let prompts = model_inputs::prompts(ctx, spec)?;
     let negative = prompts.negative.as_ref().map(|n| n.to_device(ctx.device));
     // Held-out prompts follow the training ones; with none configured, the first prompt
     // stands in (and the report says so).

@@ -16,7 +16,7 @@
 use super::TaskContext;
 use super::folders::{model_folder, upload_folder};
 use super::gang::collective_error;
-use super::inputs::{self, kind_of};
+use super::model_inputs::{self, kind_of};
 use super::seeds;
 use super::trainer::Trainer;
 use super::training::{LoopSettings, LossCurve, Training};
@@ -50,7 +50,7 @@ impl Dataset {
         let mut latents = Vec::new();
         let mut text = Vec::new();
         if spec.data.finetune_data == "capture" {
-            let prompts = inputs::prompts(ctx, spec)?;
+            let prompts = model_inputs::prompts(ctx, spec)?;
             for shard in 0..spec.capture_shards() {
                 let path = layout::latents_shard(shard);
                 let bytes = ctx.block_on(job.get(&path)).map_err(TaskError::retryable)?;
@@ -190,7 +190,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
 
     let student = build_student(ctx, spec, &job)?;
     let teacher = if ft.teacher_loss_weight > 0.0 {
-        Some(inputs::teacher(ctx, spec)?.1)
+        Some(model_inputs::teacher(ctx, spec)?.1)
     } else {
         None
     };

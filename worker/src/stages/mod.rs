@@ -1,16 +1,29 @@
 //! Stage executors: what a worker does with a leased task of each stage (DESIGN.md's job
 //! graph; select runs in the coordinator). Each is a synchronous function of a
-//! [`TaskContext`] (its typed [`StageInput`], the device, the task's handle) that returns the task's result or a classified [`TaskError`], checks
-//! for a stop request at safe points, and keeps everything it needs to resume in object
-//! storage.
+//! [`TaskContext`] (its typed [`StageInput`], the device, the task's handle) that returns
+//! the task's result or a classified [`TaskError`], checks for a stop request at safe
+//! points, and keeps everything it needs to resume in object storage. This layer knows
+//! nothing of the coordinator or the wire: the agent above builds the input, implements
+//! the gang's [`gang::Rendezvous`] and reads the [`TaskHandle`].
 //!
+//! The stages:
 //! - [`capture`]: the teacher samples a shard of prompts; every block's input hidden state
 //!   and timestep projection at the configured steps go to `cache/block-{b}/shard-{s}`,
 //!   the final latents to `latents/shard-{s}` (the default fine-tuning data).
 //! - [`distill`]: one (block, rate): trains that block's feature maps on its cache.
 //! - [`finetune`]: the whole student, data-parallel over the gang.
-//! - [`export`]: the student folder and report.json.
+//! - [`export`]: the student folder and report.json (its FLOPs and probe pure functions).
 //! - [`evaluate`]: teacher agreement on held-out prompts.
+//!
+//! What they share:
+//! - [`input`]: the typed stage input; [`task`]: the handle, the output, the errors.
+//! - [`training`]: the training loop distill and finetune both run (resume, stop, non-finite
+//!   loss, progress, checkpoints); [`trainer`]: parameters, fp32 masters and AdamW.
+//! - [`cache`]: the block cache (held-out split, training order, prefetching reader).
+//! - [`model_inputs`]: the teacher, the student, the prompt embeddings.
+//! - [`folders`]: folders between the store and the worker's disk.
+//! - [`seeds`]: seeds, the one shuffle, LibTorch's generator under a lock.
+//! - [`gang`]: a gang member's rendezvous and collective.
 
 pub mod cache;
 pub mod capture;
@@ -21,7 +34,7 @@ pub mod finetune;
 pub mod folders;
 pub mod gang;
 pub mod input;
-pub mod inputs;
+pub mod model_inputs;
 pub mod seeds;
 pub mod task;
 pub mod trainer;

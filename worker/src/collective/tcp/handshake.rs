@@ -84,7 +84,7 @@ impl TcpRingListener {
     }
 
     /// Joins the ring: connects to the successor and accepts the predecessor, each with a
-    /// handshake carrying `gang` (for example [`super::gang_token`]`(task_id, attempt)`),
+    /// handshake carrying `gang` (for example [`crate::collective::gang_token`]`(task_id, attempt)`),
     /// within `timeout`; the same `timeout` then bounds every ring step. `endpoints` are all
     /// members' endpoints in rank order, this member's own at `rank`. World size 1 opens no
     /// sockets.

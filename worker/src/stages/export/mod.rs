@@ -10,7 +10,7 @@ pub mod probe;
 
 use super::TaskContext;
 use super::folders::upload_folder;
-use super::inputs;
+use super::model_inputs;
 use crate::stages::task::{TaskError, TaskOutput};
 pub use flops::{FlopReport, flop_report};
 pub use probe::{PROBE_SEED, PROBE_TIMESTEP, probe, probe_shape, velocity};
@@ -22,8 +22,8 @@ use surgery_core::{ids, layout};
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
-    let (student, local) = inputs::student(ctx, &job, layout::FINETUNE_FINAL, "exports")?;
-    let (_tvs, teacher) = inputs::teacher(ctx, spec)?;
+    let (student, local) = model_inputs::student(ctx, &job, layout::FINETUNE_FINAL, "exports")?;
+    let (_tvs, teacher) = model_inputs::teacher(ctx, spec)?;
     ctx.handle.check()?;
 
     // The exported folder: the same files, under export/.
@@ -52,7 +52,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         .map(|r| r.metrics.clone())
         .unwrap_or_default();
 
-    let prompts = inputs::prompts(ctx, spec)?;
+    let prompts = model_inputs::prompts(ctx, spec)?;
     let text = prompts.embeds.narrow(0, 0, 1).to_device(ctx.device);
     let (probe_mean_abs, probe_rel) = probe(&student.model, &teacher, &text, probe_shape(spec));
     let report = json!({

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Errors of [`Storage`]. Each names the store's URL and the path, and says what to check.
+/// Errors of [`Storage`](super::Storage). Each names the store's URL and the path, and says what to check.
 ///
 /// Sources are behind `Arc` so the error is `Clone`: a failed background upload is reported
 /// to every later caller of `Checkpointer::wait`.
