@@ -3,7 +3,9 @@
 # capture step, distillation streamed vs resident, checkpoint stall, the fine-tuning step
 # on 1 and 2 GPUs, and the gradient all-reduce against torch.distributed; then the
 # H100-hours projection of the reference recipe. Expects .gpu/runtime-bench and
-# .gpu/allreduce-bench (release builds) and writes raw JSON lines under $OUT.
+# .gpu/allreduce-bench (release builds of bench/src/bin/: cargo build --release -p
+# surgery-bench && cp target/release/{runtime,allreduce}-bench .gpu/) and writes raw JSON
+# lines under $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/bench-out}
 mkdir -p "$out"

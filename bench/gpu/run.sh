@@ -3,7 +3,9 @@
 # model-bench and of the PyTorch baselines runs in its own process, with nvidia-smi
 # sampling the GPU's used memory every 50 ms (the same probe for both sides), and the
 # summary prints side-by-side tables. Expects, relative to the repo root:
-#   .gpu/model-bench             release build of worker/src/bin/model-bench.rs
+#   .gpu/model-bench             release build of bench/src/bin/model-bench.rs:
+#                                cargo build --release -p surgery-bench --bin model-bench &&
+#                                cp target/release/model-bench .gpu/
 #   .gpu/wheels/diffusers-*.whl  diffusers 0.42.1 (pure Python)
 # and $OUT for the raw results.  Usage: bench/gpu/run.sh [phase-filter-regex]
 set -uo pipefail

@@ -1,4 +1,4 @@
-"""All-reduce with torch.distributed (NCCL): the baseline for worker/src/bin/allreduce-bench.rs.
+"""All-reduce with torch.distributed (NCCL): the baseline for bench/src/bin/allreduce-bench.rs.
 
 Same cases, sizes and JSON fields as the Rust benchmark, one process per GPU started with
 torch.multiprocessing (no torchrun), rendezvous over a local TCP port:

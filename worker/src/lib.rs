@@ -1,22 +1,30 @@
 //! surgery-worker: runs stage tasks with LibTorch through tch. It is the only crate that
 //! links LibTorch; the coordinator and surgeryctl never depend on it.
 //!
-//! - [`runtime`]: LibTorch set-up every binary of this crate runs first.
-//! - [`agent`]: the worker process: registration, leases, heartbeats, SIGTERM.
-//! - [`stages`]: the stage executors (capture, distill, finetune, export, evaluate).
-//! - [`cli`]: the `surgery-worker` command (model tools for users).
-//! - [`model`]: the Wan2.1 diffusion transformer with diffusers' names and numerics, and
-//!   the student built from it.
+//! The layers, each using only those below it: `bin/surgery-worker` -> [`cli`] -> [`agent`]
+//! -> [`stages`] -> [`model`], [`attention`], [`student`], [`train`], [`sampler`],
+//! [`storage`], [`collective`], [`kernels`], [`runtime`]. Only the agent speaks the wire (surgery-proto).
+//!
+//! - [`cli`]: the `surgery-worker` command (the agent, model tools for users).
+//! - [`agent`]: the worker process: registration, leases, heartbeats, SIGTERM, the one
+//!   wire-to-domain conversion of an assignment, the gang's rendezvous over gRPC.
+//! - [`stages`]: the stage executors (capture, distill, finetune, export, evaluate) and what
+//!   they share (the training loop, the block cache, seeds, model inputs, folders).
+//! - [`model`]: the Wan2.1 diffusion transformer with diffusers' names and numerics.
 //! - [`attention`]: self-attention cores: softmax, and the hybrid softmax + linear attention.
 //! - [`kernels`]: the CUDA kernels (fused attention, fused block element-wise work),
 //!   compiled at run time with LibTorch's NVRTC.
-//! - [`train`]: losses, AdamW with checkpointable moments, clipping, master weights.
-//! - [`sampler`]: flow-matching sampling with classifier-free guidance and capture hooks.
 //! - [`student`]: the teacher with hybrid blocks, saved and loaded as a folder.
-//! - [`collective`]: gradient all-reduce inside a gang: NCCL on GPUs, a TCP ring on CPUs, with a watchdog.
+//! - [`train`]: losses, AdamW with checkpointable moments, clipping, master weights,
+//!   distillation's teacher-block target.
+//! - [`sampler`]: flow-matching sampling with classifier-free guidance and capture hooks.
 //! - [`storage`]: object storage (local, S3, GCS, Azure) and verified background checkpoints.
+//! - [`collective`]: gradient all-reduce inside a gang: NCCL on GPUs, a TCP ring on CPUs, with a watchdog.
+//! - [`runtime`]: LibTorch set-up every binary of this crate runs first, and device timing.
 //! - [`testbed`]: procedurally generated videos with known ground truth, their prompt code book,
 //!   the exact latent codec and the ground-truth quality metrics.
+//!
+//! The GPU benchmarks are the separate crate surgery-bench (bench/), over this public API.
 
 pub mod agent;
 pub mod attention;

@@ -1,6 +1,9 @@
-//! LibTorch runtime set-up: load the CUDA backend if the machine has one, report devices.
+//! LibTorch runtime set-up: load the CUDA backend if the machine has one, report devices;
+//! and how long a computation takes on a device (synchronised, so GPU time counts).
 
 use std::sync::OnceLock;
+use std::time::Instant;
+use tch::Device;
 
 /// What [`init`] found: whether LibTorch's CUDA backend loaded, and why not if it did not.
 #[derive(Debug, Clone)]
@@ -45,6 +48,32 @@ pub fn describe_devices() -> String {
     }
 }
 
+/// Waits until every kernel queued on `device` has finished (nothing to wait for on the CPU).
+pub fn synchronize(device: Device) {
+    if let Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
+    }
+}
+
+/// The median wall-clock milliseconds of `f` on `device` over `iters` runs, after `warmup`
+/// runs; each run is synchronised with the device.
+pub fn median_ms(device: Device, warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    synchronize(device);
+    let mut times: Vec<f64> = (0..iters.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            synchronize(device);
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +105,14 @@ mod tests {
 
     /// The same binary runs on a machine without CUDA: the backend load fails cleanly and
     /// the description says CPU. (On a GPU machine it names the devices instead.)
+    #[test]
+    fn the_median_of_timed_runs() {
+        let mut calls = 0;
+        let ms = median_ms(Device::Cpu, 2, 5, || calls += 1);
+        assert_eq!(calls, 7);
+        assert!((0.0..1e3).contains(&ms), "{ms}");
+    }
+
     #[test]
     fn describes_the_devices_it_found() {
         let text = describe_devices();

@@ -1,8 +1,8 @@
-//! The gang collectives on a machine without GPUs: the TCP ring between threads and between
-//! real processes (its sums, bit-identical results on every rank, many tensors, the
-//! watchdog, the handshake), world size 1, and NCCL failing cleanly when there is no CUDA.
+//! The gang collectives on a machine without GPUs: the TCP ring between threads (its sums,
+//! bit-identical results on every rank, many tensors, the watchdog, the handshake), world
+//! size 1, and NCCL failing cleanly when there is no CUDA. Between real processes:
+//! bench/tests/allreduce.rs, through allreduce-bench.
 
-use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -373,80 +373,6 @@ fn unsupported_tensors_are_refused_and_the_ring_stays_usable() {
         assert!(!bad.is_retryable());
         assert!(aliased);
         assert_eq!(sum, 1.0);
-    }
-}
-
-// ------------------------------------------------------------------ across processes
-
-fn bench(args: &[&str]) -> (bool, Vec<serde_json::Value>) {
-    let out = Command::new(env!("CARGO_BIN_EXE_allreduce-bench"))
-        .args(args)
-        .output()
-        .expect("start allreduce-bench");
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .collect();
-    if !out.status.success() {
-        eprintln!(
-            "allreduce-bench {args:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    (out.status.success(), lines)
-}
-
-#[test]
-fn ring_across_processes_agrees_bit_for_bit() {
-    for world in ["2", "3"] {
-        let (ok, lines) = within(HANG, move || {
-            bench(&["--cpu", "--world", world, "--iters", "2", "--timeout-s", "30"])
-        });
-        assert!(ok, "{lines:?}");
-        for case in ["mixed-exact", "random-bits"] {
-            let rows: Vec<_> = lines.iter().filter(|l| l["case"] == case).collect();
-            assert_eq!(rows.len(), world.parse::<usize>().unwrap(), "{case}: {lines:?}");
-            assert!(rows.iter().all(|r| r["ok"] == true), "{case}: {rows:?}");
-            assert!(
-                rows.iter().all(|r| r["checksum"] == rows[0]["checksum"]),
-                "{case}: ranks disagree: {rows:?}"
-            );
-        }
-        assert!(
-            lines
-                .iter()
-                .any(|l| l["case"] == "flat-f32-16MiB" && l["busbw_gbps"].as_f64().unwrap() > 0.0)
-        );
-    }
-}
-
-#[test]
-fn a_process_that_dies_or_hangs_fails_its_gang_with_a_retryable_error() {
-    for mode in ["exit", "hang"] {
-        let (ok, lines) = within(HANG, move || {
-            bench(&[
-                "--cpu",
-                "--world",
-                "3",
-                "--fail-rank",
-                "1",
-                "--fail-mode",
-                mode,
-                "--timeout-s",
-                "2",
-            ])
-        });
-        let failures: Vec<_> = lines.iter().filter(|l| l["event"] == "peer-failure").collect();
-        assert!(ok, "{mode}: {lines:?}");
-        assert_eq!(failures.len(), 2, "{mode}: both survivors report: {lines:?}");
-        assert!(failures.iter().all(|f| f["retryable"] == true), "{mode}: {failures:?}");
-        if mode == "hang" {
-            assert!(
-                failures.iter().any(|f| f["error_kind"] == "timeout"),
-                "{mode}: {failures:?}"
-            );
-        }
     }
 }
 

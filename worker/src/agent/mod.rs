@@ -11,12 +11,17 @@
 //!   retried; a coordinator that no longer knows this worker gets a new registration, and
 //!   the tasks that ran under the old one stop (their leases were requeued).
 
+pub mod assignment;
 pub mod client;
+pub mod rendezvous;
 pub mod slots;
-pub mod task;
 
+use crate::collective::gang_token;
+use crate::stages::gang::Member;
+use crate::stages::task::{StopReason, TaskError, TaskHandle, TaskOutput};
 use crate::stages::{self, Gang, TaskContext};
 use client::{Client, retrying};
+use rendezvous::CoordinatorRendezvous;
 use slots::SlotSpec;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,7 +31,6 @@ use std::time::Duration;
 use surgery_proto::error::decode;
 use surgery_proto::v1 as pb;
 use surgery_proto::v1::ErrorKind;
-use task::{StopReason, TaskError, TaskHandle, TaskOutput};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -256,6 +260,27 @@ impl Agent {
         }
     }
 
+    /// The gang a task's members meet in, through the coordinator (`None` outside one).
+    fn gang(&self, assignment: &pb::TaskAssignment) -> Option<Gang> {
+        (assignment.gang_size > 1).then(|| {
+            let rendezvous = CoordinatorRendezvous {
+                client: self.client.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                worker_id: self.worker_id(),
+                task_id: assignment.task_id.clone(),
+                attempt: assignment.attempt,
+            };
+            let member = Member {
+                rank: assignment.rank,
+                world: assignment.gang_size,
+                token: gang_token(&assignment.task_id, assignment.attempt),
+                advertise_host: self.config.advertise_host.clone(),
+                timeout: self.config.collective_timeout,
+            };
+            Gang::new(Box::new(rendezvous), member)
+        })
+    }
+
     async fn run_task(self: &Arc<Self>, assignment: pb::TaskAssignment, slot: &SlotSpec) {
         let handle = Arc::new(TaskHandle::new(assignment.task_id.clone(), assignment.attempt));
         handle.log(
@@ -275,26 +300,22 @@ impl Agent {
         if self.stopping.load(Ordering::SeqCst) {
             handle.request_stop(StopReason::Preempted);
         }
-        let gang = (assignment.gang_size > 1).then(|| {
-            Gang::new(
-                self.client.clone(),
-                self.worker_id(),
-                &assignment,
-                self.config.advertise_host.clone(),
-                self.config.collective_timeout,
-            )
-        });
-        let context = TaskContext {
-            assignment: assignment.clone(),
-            device: slot.device,
-            handle: handle.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            cache_dir: self.config.cache_dir.clone(),
-            gang,
+        let outcome = match assignment::stage_input(&assignment) {
+            Ok(input) => {
+                let context = TaskContext {
+                    gang: self.gang(&assignment),
+                    input,
+                    device: slot.device,
+                    handle: handle.clone(),
+                    runtime: tokio::runtime::Handle::current(),
+                    cache_dir: self.config.cache_dir.clone(),
+                };
+                tokio::task::spawn_blocking(move || stages::run(&context))
+                    .await
+                    .unwrap_or_else(|panic| Err(TaskError::Retryable(format!("the task panicked: {panic}"))))
+            }
+            Err(err) => Err(err),
         };
-        let outcome = tokio::task::spawn_blocking(move || stages::run(&context))
-            .await
-            .unwrap_or_else(|panic| Err(TaskError::Retryable(format!("the task panicked: {panic}"))));
         match &outcome {
             Ok(_) => handle.log("info", "finished"),
             Err(err) => handle.log("warn", format!("ended: {err}")),

@@ -5,15 +5,14 @@
 //! default fine-tuning data. A restarted capture redoes its shard (a shard is the unit;
 //! keep shards small at high resolution).
 
-use super::TaskContext;
-use super::data;
-use crate::agent::task::{TaskError, TaskOutput};
+use super::model_inputs;
+use super::{CaptureShard, TaskContext};
 use crate::sampler::{self, FlowMatchEuler, Scheduler, UniPc, UniPcConfig, prompt_seed, seeded_noise};
+use crate::stages::task::{TaskError, TaskOutput};
 use crate::storage::tensors;
 use std::collections::BTreeMap;
 use surgery_core::layout;
 use surgery_core::spec::SchedulerKind;
-use surgery_proto::v1 as pb;
 use tch::{Device, Kind, Tensor};
 
 pub fn scheduler(kind: SchedulerKind, shift: f64, steps: usize) -> Box<dyn Scheduler> {
@@ -29,14 +28,11 @@ pub fn scheduler(kind: SchedulerKind, shift: f64, steps: usize) -> Box<dyn Sched
     }
 }
 
-pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
-    let spec = ctx.spec()?;
-    let Some(pb::task_params::Kind::Capture(params)) = ctx.params() else {
-        return Err(TaskError::Fatal("a capture task without capture parameters".into()));
-    };
+pub fn run(ctx: &TaskContext, params: CaptureShard) -> Result<TaskOutput, TaskError> {
+    let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
-    let (_vs, teacher) = data::teacher(ctx, &spec)?;
-    let prompts = data::prompts(ctx, &spec)?;
+    let (_vs, teacher) = model_inputs::teacher(ctx, spec)?;
+    let prompts = model_inputs::prompts(ctx, spec)?;
     let kind = teacher.compute_kind();
     let cfg = teacher.config().clone();
     let (lf, lh, lw) = spec.latent_dims();

@@ -10,24 +10,24 @@
 //! nothing else. Output: `phi.safetensors` (the student's own tensor names), `result.json`
 //! (e_br and the rest) and the loss curve, beside the checkpoints.
 
-use super::TaskContext;
-use super::data::{self, BlockCache, Shard};
+use super::cache::{BlockCache, Shard};
 use super::trainer::Trainer;
-use crate::agent::task::{StopReason, TaskError, TaskOutput};
+use super::training::{LoopSettings, LossCurve, Training, TrainingMeta};
+use super::{DistillPair, TaskContext};
+use super::{model_inputs, seeds};
 use crate::attention::hybrid::{HybridAttention, HybridConfig};
 use crate::attention::score_loss::attention_score_loss;
-use crate::attention::{TokenGrid, softmax_attention};
-use crate::model::{Rope, WanTransformer};
-use crate::storage::{Checkpointer, SnapshotWriter, tensors};
-use crate::train::value_distillation_loss;
+use crate::attention::softmax_attention;
+use crate::runtime::median_ms;
+use crate::stages::task::{TaskError, TaskOutput};
+use crate::storage::tensors;
+use crate::train::{Batch, TeacherBlock, value_distillation_loss};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::Instant;
-use surgery_core::spec::{DistillLoss, JobSpec};
+use surgery_core::spec::DistillLoss;
 use surgery_core::{layout, results};
-use surgery_proto::v1 as pb;
+use tch::Tensor;
 use tch::nn::VarStore;
-use tch::{Device, Tensor};
 
 /// Purpose tag of this stage's random streams.
 const SEED_PURPOSE: u64 = 0xD157;
@@ -35,53 +35,44 @@ const SEED_PURPOSE: u64 = 0xD157;
 /// The checkpoint's and result's meta data.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Meta {
-    step: u64,
+    #[serde(flatten)]
+    curve: LossCurve,
     untrained_heldout_error: f64,
-    loss_curve: Vec<f64>,
 }
 
-/// q, k, v of a batch and the teacher's attention output: computed once, used U times.
-pub struct Batch {
-    pub q: Tensor,
-    pub k: Tensor,
-    pub v: Tensor,
-    pub target: Tensor,
-}
+impl TrainingMeta for Meta {
+    fn step(&self) -> u64 {
+        self.curve.step
+    }
 
-/// The frozen teacher block whose attention is being imitated.
-pub struct TeacherBlock<'a> {
-    pub model: &'a WanTransformer,
-    pub block: usize,
-    pub rope: &'a Rope,
-    pub grid: TokenGrid,
-    pub device: Device,
-}
-
-impl TeacherBlock<'_> {
-    /// Recomputes the block's attention inputs and the teacher output from cached rows.
-    pub fn batch(&self, shard_rows: &[(Tensor, Tensor)]) -> Batch {
-        tch::no_grad(|| {
-            let stack = |pick: fn(&(Tensor, Tensor)) -> &Tensor| {
-                Tensor::cat(
-                    &shard_rows.iter().map(|r| pick(r).shallow_clone()).collect::<Vec<_>>(),
-                    0,
-                )
-                .to_device(self.device)
-            };
-            let (hidden, tp) = (stack(|r| &r.0), stack(|r| &r.1));
-            let (q, k, v) = self
-                .model
-                .block_self_attention_inputs(self.block, &hidden, &tp, self.rope);
-            let target = softmax_attention(&q, &k, &v);
-            Batch { q, k, v, target }
-        })
+    fn record(&mut self, loss: f64) {
+        self.curve.record(loss);
     }
 }
 
-/// One cached sample's (hidden, timestep_proj) rows.
-pub fn rows(shard: &Shard, index: usize) -> (Tensor, Tensor) {
-    let i = index as i64;
-    (shard.hidden.narrow(0, i, 1), shard.timestep_proj.narrow(0, i, 1))
+/// The cached samples distillation trains on from step `first_step` to `total_steps`, in
+/// order: each loaded batch of `batch` samples serves `updates` steps, and batch i holds
+/// positions `i * batch ..` of a sequence of epochs, epoch e being `epoch_order(e)` (each
+/// `epoch_len` > 0 samples long). The batches are `first_step / updates ..
+/// ceil(total_steps / updates)`, so a resumed run's samples are the tail of a fresh run's.
+pub fn sample_order<T: Copy>(
+    first_step: u64,
+    total_steps: u64,
+    updates: u64,
+    batch: u64,
+    epoch_len: u64,
+    epoch_order: impl Fn(u64) -> Vec<T>,
+) -> Vec<T> {
+    let first_batch = first_step / updates;
+    let last_batch = total_steps.div_ceil(updates);
+    let (from, to) = (first_batch * batch, last_batch * batch);
+    let mut positions = Vec::with_capacity(to.saturating_sub(from) as usize);
+    for epoch in from / epoch_len..=to.saturating_sub(1) / epoch_len {
+        let order = epoch_order(epoch);
+        let start = epoch * epoch_len;
+        positions.extend((start.max(from)..(start + epoch_len).min(to)).map(|p| order[(p - start) as usize]));
+    }
+    positions
 }
 
 /// Mean L1 error of the hybrid output against the teacher's on the held-out samples.
@@ -108,7 +99,7 @@ fn heldout_error(
             if loaded.as_ref().map(|(l, _)| *l) != Some(*s) {
                 loaded = Some((*s, cache.load(&ctx.runtime, *s)?));
             }
-            picked.push(rows(&loaded.as_ref().expect("loaded").1, *i));
+            picked.push(loaded.as_ref().expect("loaded").1.rows(*i));
         }
         let b = teacher.batch(&picked);
         let err = tch::no_grad(|| value_distillation_loss(&b.target, &hybrid.forward(&b.q, &b.k, &b.v, teacher.grid)));
@@ -118,38 +109,12 @@ fn heldout_error(
     Ok(total / count as f64)
 }
 
-/// Median forward milliseconds of `f` (for the knapsack's measured cost).
-fn time_ms(device: Device, mut f: impl FnMut()) -> f64 {
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
-    for _ in 0..2 {
-        f();
-    }
-    sync();
-    let mut times: Vec<f64> = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            sync();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[2]
-}
-
-pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
-    let spec: JobSpec = ctx.spec()?;
-    let Some(pb::task_params::Kind::Distill(params)) = ctx.params() else {
-        return Err(TaskError::Fatal("a distill task without distill parameters".into()));
-    };
+pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskError> {
+    let spec = &ctx.input.spec;
     let block = params.block as usize;
-    let rate = params.rate();
+    let rate = params.rate;
     let job = ctx.job_storage()?;
-    let (_teacher_vs, teacher) = data::teacher(ctx, &spec)?;
+    let (_teacher_vs, teacher) = model_inputs::teacher(ctx, spec)?;
     let cfg = teacher.config().clone();
     let (lf, lh, lw) = spec.latent_dims();
     let grid = teacher.grid_of((i64::from(lf), i64::from(lh), i64::from(lw)));
@@ -165,13 +130,13 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     // The feature maps, fp32 for the optimiser, named as the student names them.
     // Seeded so the untrained maps - and hence the whole run - repeat exactly.
     let vs = VarStore::new(ctx.device);
-    let init_seed = data::seed_for(
+    let init_seed = seeds::seed_for(
         spec.sampler.seed,
         SEED_PURPOSE + 1,
         u64::from(params.block),
-        u64::from(params.rate),
+        u64::from(rate.code()),
     );
-    let hybrid = data::with_torch_seed(init_seed, || {
+    let hybrid = seeds::with_torch_seed(init_seed, || {
         HybridAttention::new(
             &(vs.root() / "blocks" / block as i64 / "attn1"),
             HybridConfig::from_spec(
@@ -185,57 +150,35 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     });
     let distill = &spec.stages.distill;
     // fp32 parameters: no master copies, but the same step as fine-tuning.
-    let mut trainer = Trainer::new(&vs, distill.lr, distill.weight_decay)?;
-
-    let dir = layout::distill_dir(params.block, rate);
-    let checkpoints = SnapshotWriter::new(Checkpointer::new(
-        job.clone(),
-        &dir,
-        spec.checkpoint.keep_last as usize,
-        ctx.runtime.clone(),
-    ));
-    let cache = BlockCache::new(&job, &spec, params.block);
+    let trainer = Trainer::new(&vs, distill.lr, distill.weight_decay)?;
+    let cache = BlockCache::new(&job, spec, params.block);
     let batch = distill.batch as usize;
 
     // Resume from the newest complete checkpoint, or start fresh.
-    let mut meta = Meta::default();
-    match checkpoints.latest().map_err(TaskError::retryable)? {
-        Some(restored) => {
-            meta =
-                serde_json::from_value(restored.meta).map_err(|e| TaskError::Fatal(format!("checkpoint meta: {e}")))?;
-            let state = tensors::from_bytes(&restored.files["state.safetensors"]).map_err(TaskError::retryable)?;
-            trainer.restore(&state)?;
-            ctx.handle
-                .log("info", format!("resumed from the checkpoint at step {}", meta.step));
-        }
-        None => {
-            meta.untrained_heldout_error = heldout_error(ctx, &cache, &target, &hybrid, batch)?;
-        }
+    let dir = layout::distill_dir(params.block, rate);
+    let mut training: Training<Meta> = Training::resume(ctx, &job, &dir, trainer)?;
+    if !training.resumed() {
+        training.meta.untrained_heldout_error = heldout_error(ctx, &cache, &target, &hybrid, batch)?;
     }
 
     let total = u64::from(distill.steps);
     let updates = u64::from(distill.updates_per_batch);
-    let every = u64::from(spec.checkpoint.every_steps);
-    let seed = data::seed_for(
+    let seed = seeds::seed_for(
         spec.sampler.seed,
         SEED_PURPOSE,
         u64::from(params.block),
-        u64::from(params.rate),
+        u64::from(rate.code()),
     );
     // The training sequence: epochs of a seeded, shard-blocked order.
     let epoch_len = cache.train_order(seed).len() as u64;
     if epoch_len == 0 {
         return Err(TaskError::Fatal("no training samples in the cache".into()));
     }
-    let first_batch = meta.step / updates;
-    let last_batch = total.div_ceil(updates);
-    let (from, to) = (first_batch * batch as u64, last_batch * batch as u64);
-    let mut positions: Vec<(usize, usize)> = Vec::with_capacity((to - from) as usize);
-    for epoch in from / epoch_len..=to.saturating_sub(1) / epoch_len {
-        let order = cache.train_order(seed ^ epoch);
-        let start = epoch * epoch_len;
-        positions.extend((start.max(from)..(start + epoch_len).min(to)).map(|p| order[(p - start) as usize]));
-    }
+    let first_step = training.meta.curve.step;
+    let first_batch = first_step / updates;
+    let positions = sample_order(first_step, total, updates, batch as u64, epoch_len, |epoch| {
+        cache.train_order(seed ^ epoch)
+    });
     let mut shard_order: Vec<usize> = Vec::new();
     for (s, _) in &positions {
         if shard_order.last() != Some(s) {
@@ -244,31 +187,22 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     }
     let mut prefetch = cache.prefetch(ctx.runtime.clone(), shard_order, ctx.device);
 
-    let save = |meta: &Meta, trainer: &Trainer| {
-        checkpoints.save(
-            meta.step,
-            "state.safetensors",
-            &trainer.state(),
-            serde_json::to_value(meta).expect("meta"),
-        );
+    let settings = LoopSettings {
+        total_steps: total,
+        writes_checkpoints: true,
+        clip: None,
+        activity: "distilling",
+        loss_name: "distillation",
+        lr_setting: "stages.distill.lr",
     };
-
-    let first_step = meta.step;
     let mut current: Option<(u64, Batch)> = None;
-    for step in meta.step..total {
-        if let Some(reason) = ctx.handle.stop_requested() {
-            if reason == StopReason::Preempted && meta.step > first_step {
-                save(&meta, &trainer);
-                checkpoints.flush().map_err(TaskError::retryable)?;
-            }
-            return Err(TaskError::Stopped(reason));
-        }
+    training.run(ctx, &settings, |step, _| {
         let batch_index = step / updates;
         if current.as_ref().map(|(i, _)| *i) != Some(batch_index) {
             let start = ((batch_index - first_batch) * batch as u64) as usize;
             let mut picked = Vec::with_capacity(batch);
             for (s, i) in &positions[start..start + batch] {
-                picked.push(rows(prefetch.get(*s)?, *i));
+                picked.push(prefetch.get(*s)?.rows(*i));
             }
             current = Some((batch_index, target.batch(&picked)));
         }
@@ -277,27 +211,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             DistillLoss::ValueL1 => value_distillation_loss(&b.target, &hybrid.forward(&b.q, &b.k, &b.v, grid)),
             DistillLoss::AttentionScore => attention_score_loss(&hybrid, &b.q, &b.k, grid, 1),
         };
-        let value = loss.double_value(&[]);
-        if !value.is_finite() {
-            return Err(TaskError::Fatal(format!(
-                "the distillation loss is {value} at step {step}; lower stages.distill.lr"
-            )));
-        }
         loss.backward();
-        trainer.step(None)?;
-        meta.loss_curve.push(value);
-        meta.step = step + 1;
-        ctx.handle.report(
-            meta.step,
-            total,
-            first_step,
-            BTreeMap::from([("loss".to_string(), value)]),
-            "distilling",
-        );
-        if meta.step % every == 0 && meta.step < total {
-            save(&meta, &trainer);
-        }
-    }
+        Ok(loss.double_value(&[]))
+    })?;
     drop(prefetch);
 
     let error = heldout_error(ctx, &cache, &target, &hybrid, batch)?;
@@ -311,10 +227,11 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             Tensor::randn(shape, opts),
         )
     };
-    let attention_ms = tch::no_grad(|| time_ms(ctx.device, || drop(hybrid.forward(&q, &k, &v, grid))));
-    let softmax_ms = tch::no_grad(|| time_ms(ctx.device, || drop(softmax_attention(&q, &k, &v))));
+    let attention_ms = tch::no_grad(|| median_ms(ctx.device, 2, 5, || drop(hybrid.forward(&q, &k, &v, grid))));
+    let softmax_ms = tch::no_grad(|| median_ms(ctx.device, 2, 5, || drop(softmax_attention(&q, &k, &v))));
 
-    let mut outputs: Vec<(String, Tensor)> = trainer
+    let mut outputs: Vec<(String, Tensor)> = training
+        .trainer
         .named
         .iter()
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
@@ -326,22 +243,59 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         .map_err(TaskError::retryable)?;
     let metrics = BTreeMap::from([
         (results::HELDOUT_ERROR.to_string(), error),
-        ("untrained_heldout_error".to_string(), meta.untrained_heldout_error),
         (
-            "final_loss".to_string(),
-            meta.loss_curve.last().copied().unwrap_or(f64::NAN),
+            "untrained_heldout_error".to_string(),
+            training.meta.untrained_heldout_error,
         ),
+        ("final_loss".to_string(), training.meta.curve.last_loss()),
         (results::ATTENTION_MS.to_string(), attention_ms),
         (results::SOFTMAX_ATTENTION_MS.to_string(), softmax_ms),
     ]);
-    let result = serde_json::json!({ "block": params.block, "rate": params.rate, "metrics": metrics, "loss_curve": meta.loss_curve });
+    let result = serde_json::json!({ "block": params.block, "rate": rate.code(), "metrics": metrics, "loss_curve": training.meta.curve.loss_curve });
     let result_path = layout::distill_result(params.block, rate);
     ctx.block_on(job.put(&result_path, serde_json::to_vec_pretty(&result).expect("json").into()))
         .map_err(TaskError::retryable)?;
-    checkpoints.flush().map_err(TaskError::retryable)?;
+    training.finish()?;
     Ok(TaskOutput {
         metrics,
         artifacts: vec![phi_path, result_path],
         report: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_meta_keeps_its_json_fields() {
+        let mut meta = Meta {
+            untrained_heldout_error: 0.5,
+            ..Meta::default()
+        };
+        meta.record(0.25);
+        let json = serde_json::to_value(&meta).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({ "step": 1, "untrained_heldout_error": 0.5, "loss_curve": [0.25] })
+        );
+        let back: Meta = serde_json::from_value(json).unwrap();
+        assert_eq!((back.step(), back.curve.loss_curve), (1, vec![0.25]));
+    }
+
+    #[test]
+    fn a_resumed_run_trains_on_the_tail_of_a_fresh_runs_samples() {
+        let epoch = |e: u64| crate::stages::seeds::permutation(7, e);
+        let (total, updates, batch) = (23, 2, 3);
+        let fresh = sample_order(0, total, updates, batch, 7, epoch);
+        assert_eq!(fresh.len(), 12 * 3, "ceil(23 / 2) batches of 3");
+        assert_eq!(fresh[..7], epoch(0)[..]);
+        assert_eq!(fresh[7..14], epoch(1)[..]);
+        for first_step in 0..total {
+            let resumed = sample_order(first_step, total, updates, batch, 7, epoch);
+            let skipped = ((first_step / updates) * batch) as usize;
+            assert_eq!(resumed, fresh[skipped..], "resumed at step {first_step}");
+        }
+        assert!(sample_order(0, 0, updates, batch, 7, epoch).is_empty());
+    }
 }

@@ -7,11 +7,11 @@
 
 use super::TaskContext;
 use super::capture::scheduler;
-use super::data::{self, kind_of};
-use crate::agent::task::{TaskError, TaskOutput};
+use super::export::velocity;
+use super::model_inputs;
 use crate::model::WanTransformer;
 use crate::sampler::{self, prompt_seed, seeded_noise};
-use crate::student::Student;
+use crate::stages::task::{TaskError, TaskOutput};
 use serde_json::json;
 use std::collections::BTreeMap;
 use surgery_core::layout;
@@ -63,18 +63,11 @@ fn sample_with(
 }
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
-    let spec = ctx.spec()?;
+    let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
-    let local = ctx
-        .cache_dir
-        .join("evaluate")
-        .join(ctx.assignment.job_id.replace('/', "_"));
-    let _ = std::fs::remove_dir_all(&local);
-    ctx.block_on(job.join(layout::EXPORT_DIR).download_dir("", &local))
-        .map_err(TaskError::retryable)?;
-    let student = Student::load(&local, ctx.device, kind_of(spec.teacher.dtype)).map_err(TaskError::retryable)?;
-    let (_tvs, teacher) = data::teacher(ctx, &spec)?;
-    let prompts = data::prompts(ctx, &spec)?;
+    let (student, _) = model_inputs::student(ctx, &job, layout::EXPORT_DIR, "evaluate")?;
+    let (_tvs, teacher) = model_inputs::teacher(ctx, spec)?;
+    let prompts = model_inputs::prompts(ctx, spec)?;
     let negative = prompts.negative.as_ref().map(|n| n.to_device(ctx.device));
     // Held-out prompts follow the training ones; with none configured, the first prompt
     // stands in (and the report says so).
@@ -88,32 +81,25 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         );
         vec![0]
     };
-    let shape = super::export::probe_shape(&spec);
+    let shape = super::export::probe_shape(spec);
     let mut psnrs = Vec::new();
-    let mut velocity: Vec<Vec<f64>> = SIGMAS.iter().map(|_| Vec::new()).collect();
+    let mut velocity_errors: Vec<Vec<f64>> = SIGMAS.iter().map(|_| Vec::new()).collect();
     for (done, index) in heldout.iter().enumerate() {
         ctx.handle.check()?;
         let text = prompts.embeds.narrow(0, i64::from(*index), 1).to_device(ctx.device);
         let noise = seeded_noise(prompt_seed(spec.sampler.seed, u64::from(*index)), &shape, ctx.device);
-        let by_teacher = sample_with(&teacher, &spec, &noise, &text, negative.as_ref())?;
-        let by_student = sample_with(&student.model, &spec, &noise, &text, negative.as_ref())?;
+        let by_teacher = sample_with(&teacher, spec, &noise, &text, negative.as_ref())?;
+        let by_student = sample_with(&student.model, spec, &noise, &text, negative.as_ref())?;
         psnrs.push(psnr(&by_student, &by_teacher));
         tch::no_grad(|| {
             for (i, sigma) in SIGMAS.iter().enumerate() {
                 let x = (&by_teacher * (1.0 - sigma) + &noise * *sigma).to_kind(teacher.compute_kind());
                 let t = Tensor::from_slice(&[(*sigma * 1000.0) as f32]).to_device(ctx.device);
-                let vt = teacher
-                    .forward(&x, &t, &text.to_kind(teacher.compute_kind()))
-                    .to_kind(Kind::Double);
-                let vs = student
-                    .model
-                    .forward(
-                        &x.to_kind(student.model.compute_kind()),
-                        &t,
-                        &text.to_kind(student.model.compute_kind()),
-                    )
-                    .to_kind(Kind::Double);
-                velocity[i].push((&vs - &vt).norm().double_value(&[]) / vt.norm().double_value(&[]));
+                let (vt, vs) = (
+                    velocity(&teacher, &x, &t, &text),
+                    velocity(&student.model, &x, &t, &text),
+                );
+                velocity_errors[i].push((&vs - &vt).norm().double_value(&[]) / vt.norm().double_value(&[]));
             }
         });
         ctx.handle
@@ -124,7 +110,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         ("latent_psnr_db".to_string(), mean(&psnrs)),
         ("prompts".to_string(), heldout.len() as f64),
     ]);
-    for (sigma, errors) in SIGMAS.iter().zip(&velocity) {
+    for (sigma, errors) in SIGMAS.iter().zip(&velocity_errors) {
         metrics.insert(format!("velocity_rel_error_sigma_{sigma}"), mean(errors));
     }
     let report = json!({
@@ -132,7 +118,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         "heldout": spec.data.heldout_prompts > 0,
         "latent_psnr_db": psnrs,
         "sigmas": SIGMAS,
-        "velocity_relative_error": velocity,
+        "velocity_relative_error": velocity_errors,
         "mean": metrics,
     });
     let path = layout::EVALUATE_REPORT.to_string();

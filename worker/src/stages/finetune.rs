@@ -14,17 +14,19 @@
 //! complete one. Rank 0 writes the final student to `finetune/final/` and completes.
 
 use super::TaskContext;
-use super::data::{self, kind_of};
+use super::folders::{model_folder, upload_folder};
 use super::gang::collective_error;
+use super::model_inputs::{self, kind_of};
+use super::seeds;
 use super::trainer::Trainer;
-use crate::agent::task::{StopReason, TaskError, TaskOutput};
+use super::training::{LoopSettings, LossCurve, Training};
 use crate::collective::{Collective, Local};
 use crate::model::WanTransformer;
 use crate::sampler::{SeededRng, seeded_noise};
-use crate::storage::{Checkpointer, SnapshotWriter, Storage, tensors};
+use crate::stages::task::{TaskError, TaskOutput};
+use crate::storage::{Storage, tensors};
 use crate::student::{ConvertedBlock, Student, SurgeryConfig};
 use crate::train::{flow_matching_loss, recompute, shift_sigma, timestep_of};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use surgery_core::layout;
 use surgery_core::rate::Rate;
@@ -34,12 +36,6 @@ use tch::{Kind, Tensor};
 const SEED_ORDER: u64 = 0xF1_0001;
 const SEED_NOISE: u64 = 0xF1_0002;
 const SEED_SIGMA: u64 = 0xF1_0003;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Meta {
-    step: u64,
-    loss_curve: Vec<f64>,
-}
 
 /// The fine-tuning data: latents [C, F, H, W] (f32, CPU) with their prompt embeddings.
 pub struct Dataset {
@@ -54,7 +50,7 @@ impl Dataset {
         let mut latents = Vec::new();
         let mut text = Vec::new();
         if spec.data.finetune_data == "capture" {
-            let prompts = data::prompts(ctx, spec)?;
+            let prompts = model_inputs::prompts(ctx, spec)?;
             for shard in 0..spec.capture_shards() {
                 let path = layout::latents_shard(shard);
                 let bytes = ctx.block_on(job.get(&path)).map_err(TaskError::retryable)?;
@@ -102,22 +98,17 @@ impl Dataset {
 /// The sample at a position of the training sequence: seeded epochs of the data set.
 fn sample_index(seed: u64, position: u64, len: usize) -> usize {
     let epoch = position / len as u64;
-    let mut order: Vec<usize> = (0..len).collect();
-    let mut rng = SeededRng::new(data::seed_for(seed, SEED_ORDER, epoch, 0));
-    for i in (1..len).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
+    let order = seeds::permutation(len, seeds::seed_for(seed, SEED_ORDER, epoch, 0));
     order[(position % len as u64) as usize]
 }
 
 /// The student of the selected layout with the distilled feature maps copied in.
 fn build_student(ctx: &TaskContext, spec: &JobSpec, job: &Storage) -> Result<Student, TaskError> {
     let converted: Vec<ConvertedBlock> = ctx
-        .assignment
+        .input
         .layout
         .iter()
-        .map(|b| b.pair())
+        .copied()
         .filter(|(_, rate)| *rate != Rate::Softmax)
         .map(|(block, rate)| ConvertedBlock {
             block,
@@ -125,13 +116,13 @@ fn build_student(ctx: &TaskContext, spec: &JobSpec, job: &Storage) -> Result<Stu
             anchor_pattern: spec.surgery.anchor_pattern,
         })
         .collect();
-    if ctx.assignment.layout.is_empty() {
+    if ctx.input.layout.is_empty() {
         return Err(TaskError::Fatal(
             "the fine-tuning task came without the selected layout".into(),
         ));
     }
     let surgery = SurgeryConfig::new(spec.surgery.feature_map.clone(), converted.clone());
-    let teacher_dir = data::local_model_dir(ctx, &spec.teacher.url)?;
+    let teacher_dir = model_folder(ctx, &spec.teacher.url)?;
     let mut student = Student::from_teacher(&teacher_dir, surgery, ctx.device, kind_of(spec.teacher.dtype))
         .map_err(TaskError::fatal)?;
     for block in &converted {
@@ -185,7 +176,7 @@ fn sample_step(
 }
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
-    let spec = ctx.spec()?;
+    let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
     let ft = &spec.stages.finetune;
     let (rank, world) = ctx.gang.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
@@ -197,64 +188,38 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     }
     let local = global / world;
 
-    let student = build_student(ctx, &spec, &job)?;
+    let student = build_student(ctx, spec, &job)?;
     let teacher = if ft.teacher_loss_weight > 0.0 {
-        Some(data::teacher(ctx, &spec)?.1)
+        Some(model_inputs::teacher(ctx, spec)?.1)
     } else {
         None
     };
-    let dataset = Dataset::load(ctx, &spec, &job)?;
-    let mut trainer = Trainer::new(&student.vs, ft.lr, ft.weight_decay)?;
-    let dir = layout::FINETUNE_DIR;
-    let checkpoints = SnapshotWriter::new(Checkpointer::new(
-        job.clone(),
-        dir,
-        spec.checkpoint.keep_last as usize,
-        ctx.runtime.clone(),
-    ));
-
-    let mut meta = Meta::default();
-    if let Some(restored) = checkpoints.latest().map_err(TaskError::retryable)? {
-        meta = serde_json::from_value(restored.meta).map_err(|e| TaskError::Fatal(format!("checkpoint meta: {e}")))?;
-        let state = tensors::from_bytes(&restored.files["state.safetensors"]).map_err(TaskError::retryable)?;
-        trainer.restore(&state)?;
-        ctx.handle
-            .log("info", format!("resumed from the checkpoint at step {}", meta.step));
-    }
+    let dataset = Dataset::load(ctx, spec, &job)?;
+    let trainer = Trainer::new(&student.vs, ft.lr, ft.weight_decay)?;
+    let mut training: Training<LossCurve> = Training::resume(ctx, &job, layout::FINETUNE_DIR, trainer)?;
 
     let mut collective: Box<dyn Collective> = match &ctx.gang {
-        Some(gang) => gang.connect(ctx, ctx.device)?,
+        Some(gang) => gang.connect(&ctx.handle, ctx.device)?,
         None => Box::new(Local),
     };
-    let save = |meta: &Meta, trainer: &Trainer| {
-        checkpoints.save(
-            meta.step,
-            "state.safetensors",
-            &trainer.state(),
-            serde_json::to_value(meta).expect("meta"),
-        );
+    let settings = LoopSettings {
+        total_steps: u64::from(ft.steps),
+        writes_checkpoints: rank == 0,
+        clip: (ft.grad_clip > 0.0).then_some(ft.grad_clip),
+        activity: "fine-tuning",
+        loss_name: "fine-tuning",
+        lr_setting: "stages.finetune.lr",
     };
-
-    let total = u64::from(ft.steps);
-    let every = u64::from(spec.checkpoint.every_steps);
     let seed = spec.sampler.seed;
-    let first_step = meta.step;
-    for step in meta.step..total {
-        if let Some(reason) = ctx.handle.stop_requested() {
-            if reason == StopReason::Preempted && rank == 0 && meta.step > first_step {
-                save(&meta, &trainer);
-                checkpoints.flush().map_err(TaskError::retryable)?;
-            }
-            return Err(TaskError::Stopped(reason));
-        }
+    training.run(ctx, &settings, |step, trainer| {
         let mut local_loss = 0.0;
         for j in 0..local {
             let position = step * global as u64 + (rank * local + j) as u64;
             let index = sample_index(seed, position, dataset.len());
             let x0 = dataset.latents[index].unsqueeze(0).to_device(ctx.device);
             let text = dataset.text[index].unsqueeze(0).to_device(ctx.device);
-            let noise = seeded_noise(data::seed_for(seed, SEED_NOISE, position, 0), &x0.size(), ctx.device);
-            let u = SeededRng::new(data::seed_for(seed, SEED_SIGMA, position, 0)).uniform_open();
+            let noise = seeded_noise(seeds::seed_for(seed, SEED_NOISE, position, 0), &x0.size(), ctx.device);
+            let u = SeededRng::new(seeds::seed_for(seed, SEED_SIGMA, position, 0)).uniform_open();
             let sigma = shift_sigma(u, spec.sampler.shift);
             local_loss += sample_step(
                 &student.model,
@@ -263,7 +228,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
                 &text,
                 sigma,
                 &noise,
-                &spec,
+                spec,
                 1.0 / global as f64,
             );
         }
@@ -276,27 +241,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             to_reduce.push(loss_t.shallow_clone());
             collective.all_reduce_sum(&to_reduce).map_err(collective_error)?;
         }
-        let loss = loss_t.double_value(&[0]);
-        if !loss.is_finite() {
-            return Err(TaskError::Fatal(format!(
-                "the fine-tuning loss is {loss} at step {step}; lower stages.finetune.lr"
-            )));
-        }
-        let clip = (ft.grad_clip > 0.0).then_some(ft.grad_clip);
-        trainer.step(clip)?;
-        meta.loss_curve.push(loss);
-        meta.step = step + 1;
-        ctx.handle.report(
-            meta.step,
-            total,
-            first_step,
-            BTreeMap::from([("loss".to_string(), loss)]),
-            "fine-tuning",
-        );
-        if rank == 0 && meta.step % every == 0 && meta.step < total {
-            save(&meta, &trainer);
-        }
-    }
+        Ok(loss_t.double_value(&[0]))
+    })?;
     collective.barrier().map_err(collective_error)?;
     if rank != 0 {
         // Rank 0 writes the student and completes the task. Until it has, this member
@@ -317,28 +263,19 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let final_dir = layout::FINETUNE_FINAL;
     let local = tempfile::tempdir().map_err(TaskError::retryable)?;
     student.save(local.path()).map_err(TaskError::retryable)?;
-    let mut artifacts = Vec::new();
-    for entry in std::fs::read_dir(local.path()).map_err(TaskError::retryable)? {
-        let entry = entry.map_err(TaskError::retryable)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let bytes = std::fs::read(entry.path()).map_err(TaskError::retryable)?;
-        let path = format!("{final_dir}/{name}");
-        ctx.block_on(job.put(&path, bytes.into()))
-            .map_err(TaskError::retryable)?;
-        artifacts.push(path);
-    }
+    let mut artifacts = upload_folder(ctx, &job, local.path(), final_dir)?;
     let curve_path = layout::FINETUNE_LOSS_CURVE.to_string();
-    ctx.block_on(job.put(&curve_path, serde_json::to_vec(&meta.loss_curve).expect("json").into()))
-        .map_err(TaskError::retryable)?;
+    ctx.block_on(job.put(
+        &curve_path,
+        serde_json::to_vec(&training.meta.loss_curve).expect("json").into(),
+    ))
+    .map_err(TaskError::retryable)?;
     artifacts.push(curve_path);
-    checkpoints.flush().map_err(TaskError::retryable)?;
+    training.finish()?;
     Ok(TaskOutput {
         metrics: BTreeMap::from([
-            (
-                "final_loss".to_string(),
-                meta.loss_curve.last().copied().unwrap_or(f64::NAN),
-            ),
-            ("steps".to_string(), meta.step as f64),
+            ("final_loss".to_string(), training.meta.last_loss()),
+            ("steps".to_string(), training.meta.step as f64),
             ("samples".to_string(), dataset.len() as f64),
             ("workers".to_string(), world as f64),
         ]),

@@ -3,7 +3,7 @@
 //! optimizer step, and the checkpointable state (the fp32 masters stand in for the bf16
 //! parameters they round to; parameters without a master are saved as they are).
 
-use crate::agent::task::TaskError;
+use crate::stages::task::TaskError;
 use crate::train::{AdamW, AdamWConfig, MasterWeights};
 use std::collections::{BTreeMap, HashSet};
 use tch::Tensor;

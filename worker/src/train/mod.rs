@@ -10,6 +10,8 @@
 //! - [`clip`]: global L2 gradient-norm clipping like `torch.nn.utils.clip_grad_norm_`.
 //! - [`error`]: [`TrainError`]; everything but a failed file read / write is fatal.
 //! - [`recompute`]: block-wise activation checkpointing of the Wan transformer.
+//! - [`teacher_block`]: distillation's target: a frozen teacher block's q, k, v and
+//!   softmax attention output, recomputed from cached block inputs.
 //!
 //! A checkpoint of a fine-tune is the union of three name -> tensor maps with disjoint
 //! prefixes: the trainable parameters (their own names, written by the checkpoint code),
@@ -23,6 +25,7 @@ pub mod error;
 pub mod losses;
 pub mod master;
 pub mod recompute;
+pub mod teacher_block;
 
 pub use adamw::{AdamW, AdamWConfig, read_state, write_state};
 pub use clip::{clip_grad_norm, grad_norm};
@@ -32,3 +35,4 @@ pub use losses::{
     value_distillation_loss, velocity_target,
 };
 pub use master::MasterWeights;
+pub use teacher_block::{Batch, TeacherBlock};

@@ -46,19 +46,23 @@
 //! return, freeing the stream) and the call fails with [`CollectiveError::Timeout`]: the
 //! task fails as retryable and the coordinator requeues the whole gang. `all_reduce_sum`
 //! therefore returns only once the reduction finished on the GPU.
+//!
+//! Here: the communicator and its watchdog; `library`: finding and loading libnccl, its
+//! entry points and errors; `driver`: the CUDA driver.
+
+mod driver;
+mod library;
 
 use super::{Collective, CollectiveError, Segment, Staged, kind_name, segments};
 use cudarc::driver::result as cu;
 use cudarc::driver::sys as cusys;
 use cudarc::nccl::sys as nc;
-use std::ffi::{CStr, c_char, c_int, c_void};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use driver::{cuda_err, driver};
+pub use library::NCCL_LIB_ENV;
+use library::{Api, NcclResult, api, nccl_error};
+use std::ffi::{c_char, c_int, c_void};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
-
-/// Environment variable with a full path to the `libnccl.so.2` to use.
-pub const NCCL_LIB_ENV: &str = "SURGERY_NCCL_LIB";
 
 const NCCL_SUCCESS: c_int = 0;
 const NCCL_IN_PROGRESS: c_int = 7;
@@ -73,262 +77,6 @@ const SPIN: Duration = Duration::from_millis(50);
 const SLEEP: Duration = Duration::from_millis(1);
 /// The longest a dropped communicator waits for its peers to finalize before aborting.
 const DROP_WAIT: Duration = Duration::from_secs(30);
-
-type NcclResult = c_int;
-type Stream = *mut c_void;
-
-/// The NCCL entry points this module uses, resolved once from the library chosen above.
-struct Api {
-    path: String,
-    version: c_int,
-    get_unique_id: unsafe extern "C" fn(*mut nc::ncclUniqueId) -> NcclResult,
-    comm_init_rank: unsafe extern "C" fn(*mut nc::ncclComm_t, c_int, nc::ncclUniqueId, c_int) -> NcclResult,
-    comm_init_rank_config: Option<
-        unsafe extern "C" fn(*mut nc::ncclComm_t, c_int, nc::ncclUniqueId, c_int, *mut nc::ncclConfig_t) -> NcclResult,
-    >,
-    all_reduce:
-        unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, nc::ncclComm_t, Stream) -> NcclResult,
-    comm_finalize: Option<unsafe extern "C" fn(nc::ncclComm_t) -> NcclResult>,
-    comm_destroy: unsafe extern "C" fn(nc::ncclComm_t) -> NcclResult,
-    comm_abort: unsafe extern "C" fn(nc::ncclComm_t) -> NcclResult,
-    comm_get_async_error: unsafe extern "C" fn(nc::ncclComm_t, *mut NcclResult) -> NcclResult,
-    get_error_string: unsafe extern "C" fn(NcclResult) -> *const c_char,
-    get_last_error: Option<unsafe extern "C" fn(nc::ncclComm_t) -> *const c_char>,
-    // Keeps the library mapped for the life of the process (the fn pointers point into it).
-    _lib: libloading::os::unix::Library,
-}
-
-static API: OnceLock<Result<Api, String>> = OnceLock::new();
-static DRIVER: OnceLock<Result<(), CollectiveError>> = OnceLock::new();
-
-fn nccl_unavailable(detail: String) -> CollectiveError {
-    CollectiveError::Unavailable {
-        library: "libnccl.so.2 (NCCL, LibTorch's copy)".into(),
-        detail: format!(
-            "{detail}. Install the CUDA build of torch (its nvidia-nccl wheel provides site-packages/nvidia/nccl/lib/\
-             libnccl.so.2) or set {NCCL_LIB_ENV} to the full path of LibTorch's libnccl.so.2; a machine without GPUs \
-             uses the TCP ring instead"
-        ),
-    }
-}
-
-fn api() -> Result<&'static Api, CollectiveError> {
-    API.get_or_init(load_api)
-        .as_ref()
-        .map_err(|e| nccl_unavailable(e.clone()))
-}
-
-/// Every library path mapped into this process (from /proc/self/maps), in map order.
-fn mapped_libraries() -> Vec<PathBuf> {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = Vec::new();
-    for line in maps.lines() {
-        let Some(i) = line.find('/') else { continue };
-        let path = line[i..].trim_end();
-        if path.ends_with(" (deleted)") {
-            continue;
-        }
-        let path = PathBuf::from(path);
-        if !out.contains(&path) {
-            out.push(path);
-        }
-    }
-    out
-}
-
-fn file_name(p: &Path) -> &str {
-    p.file_name().and_then(|n| n.to_str()).unwrap_or("")
-}
-
-/// Where to look for libnccl, best first (see the module docs), with what was considered.
-fn candidates() -> (Vec<String>, Vec<String>) {
-    if let Ok(path) = std::env::var(NCCL_LIB_ENV) {
-        return (vec![path.clone()], vec![format!("{NCCL_LIB_ENV}={path}")]);
-    }
-    let mut found: Vec<String> = Vec::new();
-    let mut looked: Vec<String> = Vec::new();
-    let maps = mapped_libraries();
-    for p in &maps {
-        if file_name(p).starts_with("libnccl.so") {
-            found.push(p.display().to_string());
-        }
-    }
-    if found.is_empty() {
-        looked.push("no libnccl mapped in this process (libtorch_cuda.so not loaded?)".into());
-    }
-    let torch_dirs: Vec<PathBuf> = maps
-        .iter()
-        .filter(|p| {
-            matches!(
-                file_name(p),
-                "libtorch_cuda.so" | "libtorch_cpu.so" | "libtorch.so" | "libc10.so"
-            )
-        })
-        .filter_map(|p| p.parent().map(Path::to_path_buf))
-        .fold(Vec::new(), |mut dirs, d| {
-            if !dirs.contains(&d) {
-                dirs.push(d);
-            }
-            dirs
-        });
-    for dir in &torch_dirs {
-        for p in [dir.join("../../nvidia/nccl/lib/libnccl.so.2"), dir.join("libnccl.so.2")] {
-            if p.exists() {
-                found.push(p.display().to_string());
-            } else {
-                looked.push(format!("{} (absent)", p.display()));
-            }
-        }
-    }
-    found.push("libnccl.so.2".into());
-    looked.push("libnccl.so.2 on the dynamic loader's search path".into());
-    let mut unique = Vec::new();
-    for f in found {
-        if !unique.contains(&f) {
-            unique.push(f);
-        }
-    }
-    (unique, looked)
-}
-
-fn load_api() -> Result<Api, String> {
-    use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
-    let (candidates, looked) = candidates();
-    let mut errors = Vec::new();
-    for path in &candidates {
-        // SAFETY: loading NCCL runs only its initialisers; if LibTorch already mapped this
-        // file, dlopen returns the same handle.
-        let lib = match unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) } {
-            Ok(lib) => lib,
-            Err(e) => {
-                errors.push(format!("{path}: {}", error_chain(&e)));
-                continue;
-            }
-        };
-        match resolve(lib, path) {
-            Ok(api) => return Ok(api),
-            Err(e) => errors.push(format!("{path}: {e}")),
-        }
-    }
-    Err(format!(
-        "could not load NCCL: {}; also looked at: {}",
-        errors.join("; "),
-        looked.join("; ")
-    ))
-}
-
-/// An error with its sources (libloading puts dlerror's text in the source).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
-}
-
-fn resolve(lib: libloading::os::unix::Library, path: &str) -> Result<Api, String> {
-    // SAFETY (every `get`): the signatures are those of nccl.h (NCCL 2.14 and later);
-    // enums are C ints.
-    unsafe fn sym<T: Copy>(lib: &libloading::os::unix::Library, name: &str) -> Result<T, String> {
-        // SAFETY: see above.
-        unsafe {
-            lib.get::<T>(name.as_bytes())
-                .map(|s| *s)
-                .map_err(|e| format!("missing {name}: {e}"))
-        }
-    }
-    unsafe {
-        let get_version: unsafe extern "C" fn(*mut c_int) -> NcclResult = sym(&lib, "ncclGetVersion")?;
-        let mut version = 0;
-        get_version(&mut version);
-        Ok(Api {
-            path: path.to_string(),
-            version,
-            get_unique_id: sym(&lib, "ncclGetUniqueId")?,
-            comm_init_rank: sym(&lib, "ncclCommInitRank")?,
-            comm_init_rank_config: sym(&lib, "ncclCommInitRankConfig").ok(),
-            all_reduce: sym(&lib, "ncclAllReduce")?,
-            comm_finalize: sym(&lib, "ncclCommFinalize").ok(),
-            comm_destroy: sym(&lib, "ncclCommDestroy")?,
-            comm_abort: sym(&lib, "ncclCommAbort")?,
-            comm_get_async_error: sym(&lib, "ncclCommGetAsyncError")?,
-            get_error_string: sym(&lib, "ncclGetErrorString")?,
-            get_last_error: sym(&lib, "ncclGetLastError").ok(),
-            _lib: lib,
-        })
-    }
-}
-
-/// Loads the CUDA driver through cudarc and runs cuInit, once per process.
-fn driver() -> Result<(), CollectiveError> {
-    DRIVER
-        .get_or_init(|| {
-            // SAFETY: probing only dlopens candidate names.
-            if !unsafe { cusys::is_culib_present() } {
-                return Err(CollectiveError::Unavailable {
-                    library: "libcuda.so.1 (the NVIDIA driver)".into(),
-                    detail: "no CUDA driver library could be loaded (cudarc looked for libcuda.so, libcuda.so.1 and \
-                             other names on the dynamic loader's search path): this machine has no NVIDIA driver; run \
-                             CUDA gangs on GPU workers, or use the TCP ring for CPU tensors"
-                        .into(),
-                });
-            }
-            // cudarc panics on a symbol the driver lacks (a very old driver): report it.
-            match std::panic::catch_unwind(cu::init) {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(CollectiveError::Unavailable {
-                    library: "CUDA".into(),
-                    detail: format!("cuInit failed: {e}; no usable GPU (check the driver and CUDA_VISIBLE_DEVICES)"),
-                }),
-                Err(_) => Err(CollectiveError::Unavailable {
-                    library: "libcuda.so.1 (the NVIDIA driver)".into(),
-                    detail: "the driver library lacks cuInit (too old for CUDA 13?)".into(),
-                }),
-            }
-        })
-        .as_ref()
-        .map(|_| ())
-        .map_err(clone_unavailable)
-}
-
-fn clone_unavailable(e: &CollectiveError) -> CollectiveError {
-    match e {
-        CollectiveError::Unavailable { library, detail } => CollectiveError::Unavailable {
-            library: library.clone(),
-            detail: detail.clone(),
-        },
-        other => CollectiveError::Unavailable {
-            library: "CUDA".into(),
-            detail: other.to_string(),
-        },
-    }
-}
-
-fn cuda_err(call: &'static str, e: cu::DriverError) -> CollectiveError {
-    CollectiveError::Cuda {
-        call,
-        message: e.to_string(),
-    }
-}
-
-fn code_name(code: c_int) -> &'static str {
-    match code {
-        0 => "ncclSuccess",
-        1 => "ncclUnhandledCudaError",
-        2 => "ncclSystemError",
-        3 => "ncclInternalError",
-        4 => "ncclInvalidArgument",
-        5 => "ncclInvalidUsage",
-        6 => "ncclRemoteError",
-        7 => "ncclInProgress",
-        8 => "ncclTimeout",
-        _ => "unknown NCCL result",
-    }
-}
 
 fn nccl_dtype(kind: Kind) -> Option<c_int> {
     Some(match kind {
@@ -685,30 +433,6 @@ impl Nccl {
                 Ok(())
             }
         }
-    }
-}
-
-fn nccl_error(api: &Api, comm: nc::ncclComm_t, rank: usize, call: &'static str, code: c_int) -> CollectiveError {
-    // SAFETY: NCCL returns static, NUL-terminated strings.
-    let mut message = unsafe { CStr::from_ptr((api.get_error_string)(code)) }
-        .to_string_lossy()
-        .into_owned();
-    if let Some(last) = api.get_last_error {
-        // SAFETY: as above; NCCL accepts a null communicator here.
-        let detail = unsafe { last(comm) };
-        if !detail.is_null() {
-            let detail = unsafe { CStr::from_ptr(detail) }.to_string_lossy();
-            if !detail.is_empty() {
-                message = format!("{message}; last error: {detail}");
-            }
-        }
-    }
-    CollectiveError::Nccl {
-        rank,
-        call,
-        code,
-        code_name: code_name(code),
-        message,
     }
 }
 

@@ -4,6 +4,14 @@
 //! Paths are relative strings such as `jobs/j1/cache/block-03/shard-0000.safetensors`
 //! (the helpers in `surgery_core::layout` name them). Every error names the store's URL and
 //! the path, so a failure in a log says where to look.
+//!
+//! Here: [`Storage`], its URLs and single objects; `error`: [`StorageError`]; `folders`:
+//! whole folders to and from the local disk.
+
+mod error;
+mod folders;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::path::{Path as FsPath, PathBuf};
@@ -18,7 +26,9 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
-use tokio::io::AsyncWriteExt;
+
+pub use error::StorageError;
+pub use folders::DownloadSummary;
 
 /// Payloads larger than this go up as a multipart upload of parts this size.
 ///
@@ -33,107 +43,6 @@ pub const MIN_PART_SIZE: usize = 5 << 20;
 
 /// How many parts of one multipart upload are in flight at once.
 const PART_CONCURRENCY: usize = 4;
-
-/// Errors of [`Storage`]. Each names the store's URL and the path, and says what to check.
-///
-/// Sources are behind `Arc` so the error is `Clone`: a failed background upload is reported
-/// to every later caller of `Checkpointer::wait`.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum StorageError {
-    /// The URL's scheme or shape is not one we support.
-    #[error(
-        "unsupported storage URL `{url}`: {reason}; use a local path, file:///abs/path, \
-         file://relative/path, memory://, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix"
-    )]
-    UnsupportedUrl { url: String, reason: String },
-
-    /// A local store's root folder could not be created.
-    #[error(
-        "cannot create the local storage folder {} for `{url}`: {source}; check that the path is \
-         writable, or pick another storage URL",
-        path.display()
-    )]
-    CreateRoot {
-        url: String,
-        path: PathBuf,
-        #[source]
-        source: Arc<std::io::Error>,
-    },
-
-    /// The object store client could not be built (usually missing configuration).
-    #[error("cannot open `{url}`: {source}; {hint}")]
-    Open {
-        url: String,
-        hint: &'static str,
-        #[source]
-        source: Arc<object_store::Error>,
-    },
-
-    /// A path is not a valid object path.
-    #[error(
-        "invalid object path `{path}` under `{url}`: {source}; use a relative path of non-empty \
-         `/`-separated segments, without `.` or `..`"
-    )]
-    InvalidPath {
-        url: String,
-        path: String,
-        #[source]
-        source: Arc<object_store::path::Error>,
-    },
-
-    /// The object does not exist.
-    #[error("`{url}/{path}` does not exist; check the path, or whether the stage that writes it has run")]
-    NotFound { url: String, path: String },
-
-    /// The store refused or failed an operation (after object_store's own retries).
-    #[error("{op} `{url}/{path}` failed: {source}; check the network, the credentials and the permissions for `{url}`")]
-    Store {
-        op: &'static str,
-        url: String,
-        path: String,
-        #[source]
-        source: Arc<object_store::Error>,
-    },
-
-    /// Writing a downloaded object to the local disk failed.
-    #[error(
-        "{op} local file {} (downloading `{url}/{path}`) failed: {source}; check free disk space and \
-         permissions",
-        local.display()
-    )]
-    Local {
-        op: &'static str,
-        url: String,
-        path: String,
-        local: PathBuf,
-        #[source]
-        source: Arc<std::io::Error>,
-    },
-
-    /// A download ended with a different size than the store listed.
-    #[error(
-        "downloaded `{url}/{path}` has {got} bytes, but the store listed {expected}; the object \
-         changed during the download, retry"
-    )]
-    SizeMismatch {
-        url: String,
-        path: String,
-        expected: u64,
-        got: u64,
-    },
-}
-
-/// What [`Storage::download_dir`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DownloadSummary {
-    /// Objects fetched.
-    pub downloaded: usize,
-    /// Objects skipped because a local file of the same size was already there.
-    pub skipped: usize,
-    /// Bytes fetched.
-    pub bytes: u64,
-}
 
 /// One object store plus a root prefix inside it; cheap to clone (the client is shared).
 ///
@@ -502,100 +411,6 @@ impl Storage {
         }
         Ok(n)
     }
-
-    /// Copies every object under `prefix` into `local_dir`, keeping the relative layout
-    /// (`{prefix}/a/b.bin` becomes `{local_dir}/a/b.bin`), e.g. a teacher model folder.
-    ///
-    /// A local file whose size already matches the object's is skipped: the folder is a
-    /// cache of immutable objects, so an interrupted download resumes where it stopped.
-    /// Each file is streamed to `{name}.part` and renamed when complete, so a partial file
-    /// never has the final name. Fails with [`StorageError::NotFound`] when nothing is
-    /// under `prefix` (almost always a wrong path).
-    pub async fn download_dir(
-        &self,
-        prefix: &str,
-        local_dir: impl AsRef<FsPath>,
-    ) -> Result<DownloadSummary, StorageError> {
-        let local_dir = local_dir.as_ref();
-        let prefix = trim_slashes(prefix);
-        let objects = self.list_sizes(prefix).await?;
-        if objects.is_empty() {
-            return Err(StorageError::NotFound {
-                url: self.url(),
-                path: prefix.to_string(),
-            });
-        }
-        let mut summary = DownloadSummary::default();
-        for (path, size) in objects {
-            let rel = if prefix.is_empty() {
-                path.as_str()
-            } else {
-                path.strip_prefix(prefix)
-                    .and_then(|r| r.strip_prefix('/'))
-                    .unwrap_or(&path)
-            };
-            let dest = local_dir.join(rel);
-            if std::fs::metadata(&dest)
-                .map(|m| m.is_file() && m.len() == size)
-                .unwrap_or(false)
-            {
-                summary.skipped += 1;
-                continue;
-            }
-            self.download_file(&path, size, &dest).await?;
-            summary.downloaded += 1;
-            summary.bytes += size;
-        }
-        Ok(summary)
-    }
-
-    async fn download_file(&self, path: &str, size: u64, dest: &FsPath) -> Result<(), StorageError> {
-        let local_err = |op: &'static str, local: &FsPath| {
-            let (url, path, local) = (self.url(), path.to_string(), local.to_path_buf());
-            move |e: std::io::Error| StorageError::Local {
-                op,
-                url,
-                path,
-                local,
-                source: Arc::new(e),
-            }
-        };
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(local_err("create the folder of", dest))?;
-        }
-        let mut part_name = dest.file_name().unwrap_or_default().to_os_string();
-        part_name.push(".part");
-        let part = dest.with_file_name(part_name);
-
-        let location = self.location(path)?;
-        let result = self.store.get(&location).await.map_err(self.store_err("get", path))?;
-        let mut stream = result.into_stream();
-        let mut file = tokio::fs::File::create(&part)
-            .await
-            .map_err(local_err("create", &part))?;
-        let mut got = 0u64;
-        while let Some(chunk) = stream.try_next().await.map_err(self.store_err("read", path))? {
-            file.write_all(&chunk).await.map_err(local_err("write", &part))?;
-            got += chunk.len() as u64;
-        }
-        file.flush().await.map_err(local_err("flush", &part))?;
-        drop(file);
-        if got != size {
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(StorageError::SizeMismatch {
-                url: self.url(),
-                path: path.to_string(),
-                expected: size,
-                got,
-            });
-        }
-        tokio::fs::rename(&part, dest)
-            .await
-            .map_err(local_err("rename into", dest))?;
-        Ok(())
-    }
 }
 
 const S3_HINT: &str = "set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION (plus AWS_ENDPOINT, and \
@@ -604,63 +419,3 @@ const GCS_HINT: &str = "set GOOGLE_SERVICE_ACCOUNT (a key file) or GOOGLE_APPLIC
                         a GCP service account";
 const AZURE_HINT: &str = "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_KEY, \
                           a client secret, or a managed identity)";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_parse_to_stores_and_roots() {
-        let s = Storage::from_url("memory://").unwrap();
-        assert_eq!(s.url(), "memory://");
-        let s = Storage::from_url("memory://a/b/").unwrap();
-        assert_eq!(s.url(), "memory://a/b");
-        assert_eq!(s.join("jobs/j1").url(), "memory://a/b/jobs/j1");
-        assert_eq!(s.location("x/y").unwrap().as_ref(), "a/b/x/y");
-
-        // Clients are built offline; the bucket and prefix come from the URL.
-        let s = Storage::from_url("s3://bucket/some/prefix").unwrap();
-        assert_eq!(s.url(), "s3://bucket/some/prefix");
-        assert_eq!(s.location("f").unwrap().as_ref(), "some/prefix/f");
-        let s = Storage::from_url("gs://bucket").unwrap();
-        assert_eq!(s.url(), "gs://bucket");
-
-        for bad in ["", "ftp://x/y", "s3:///prefix", "file://"] {
-            let err = Storage::from_url(bad).unwrap_err();
-            assert!(matches!(err, StorageError::UnsupportedUrl { .. }), "{bad}: {err}");
-            assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
-        }
-    }
-
-    #[test]
-    fn local_urls_create_their_folder() {
-        let tmp = tempfile::tempdir().unwrap();
-        let abs = tmp.path().join("a/b");
-        let s = Storage::from_url(&format!("file://{}", abs.display())).unwrap();
-        assert!(abs.is_dir());
-        assert_eq!(
-            s.url(),
-            format!("file://{}", std::fs::canonicalize(&abs).unwrap().display())
-        );
-        let plain = tmp.path().join("plain");
-        Storage::from_url(plain.to_str().unwrap()).unwrap();
-        assert!(plain.is_dir());
-
-        let err = Storage::from_url("file:///proc/surgery-cannot-create-this").unwrap_err();
-        assert!(matches!(err, StorageError::CreateRoot { .. }), "{err}");
-    }
-
-    #[test]
-    fn bad_paths_are_typed_errors() {
-        let s = Storage::from_url("memory://root").unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        for bad in ["a//b", "a/../b", "a/./b"] {
-            let err = rt.block_on(s.get(bad)).unwrap_err();
-            assert!(matches!(err, StorageError::InvalidPath { .. }), "{bad}: {err}");
-            assert!(err.to_string().contains("memory://root"), "{err}");
-        }
-        let err = rt.block_on(s.get("missing/file")).unwrap_err();
-        assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
-        assert!(err.to_string().contains("memory://root/missing/file"), "{err}");
-    }
-}

@@ -1,6 +1,7 @@
-//! What a running task shares with the agent: the stop request (from the coordinator or
-//! from SIGTERM), the latest progress and the log lines waiting for the next heartbeat,
-//! and how a task ends.
+//! What a running task shares with whoever runs it (the agent): the stop request (from the
+//! coordinator or from SIGTERM), the latest progress and the log lines waiting for the next
+//! heartbeat, and how a task ends. The stages write these; the agent reads them and turns
+//! them into wire messages, so nothing here knows about the coordinator.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

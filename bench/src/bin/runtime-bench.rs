@@ -20,17 +20,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use surgery_core::layout;
 use surgery_core::rate::Rate;
-use surgery_core::spec::{AnchorPattern, FeatureMapSpec, JobSpec};
+use surgery_core::spec::{AnchorPattern, FeatureMapSpec};
 use surgery_worker::attention::SelfAttention;
 use surgery_worker::attention::hybrid::{HybridAttention, HybridConfig};
 use surgery_worker::collective::{Collective, Local, Nccl};
 use surgery_worker::model::{WanConfig, WanTransformer, weights};
 use surgery_worker::sampler::{self, Capture, Denoiser, NoCapture};
-use surgery_worker::stages::data::BlockCache;
-use surgery_worker::stages::distill::{TeacherBlock, rows};
+use surgery_worker::stages::cache::BlockCache;
 use surgery_worker::storage::{Checkpointer, SnapshotWriter, Storage, tensors};
 use surgery_worker::train::{
-    AdamW, AdamWConfig, MasterWeights, flow_matching_loss, recompute, value_distillation_loss,
+    AdamW, AdamWConfig, MasterWeights, TeacherBlock, flow_matching_loss, recompute, value_distillation_loss,
 };
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -162,8 +161,6 @@ fn distill() {
         .build()
         .unwrap();
     let store = Storage::from_url(&dir.path().display().to_string()).unwrap();
-    let yaml = "version: 1\nname: bench\nteacher:\n  url: /none\n  preset: wan2.1-t2v-1.3b\ndata:\n  prompts: /none\n  train_prompts: 8\n  prompts_per_shard: 1\nvideo: {frames: 81, height: 480, width: 832}\nstages:\n  capture:\n    steps: [0, 10]\n  distill:\n    heldout_fraction: 0.05\n";
-    let spec = JobSpec::parse(yaml).unwrap();
     let tokens = grid.tokens();
     let mut resident = Vec::new();
     let shards = 8u32;
@@ -213,7 +210,8 @@ fn distill() {
     sync(dev);
     let resident_s = start.elapsed().as_secs_f64();
 
-    let cache = BlockCache::new(&store, &spec, 0);
+    // Block 0's cache as the stage reads it: 8 shards of 2 samples (every 20th held out).
+    let cache = BlockCache::with_sizes(&store, 0, vec![2; shards as usize], 20);
     let order: Vec<(usize, usize)> = (0..shards as usize).flat_map(|s| (0..2).map(move |i| (s, i))).collect();
     let mut prefetch = cache.prefetch(runtime.handle().clone(), (0..shards as usize).collect(), dev);
     // Steady state: the clock starts once the first shard is in (a 2,000-step task pays
@@ -223,7 +221,7 @@ fn distill() {
     let start = Instant::now();
     for (s, i) in &order {
         let shard = prefetch.get(*s).unwrap();
-        let picked = [rows(shard, *i)];
+        let picked = [shard.rows(*i)];
         train_step(&picked, updates);
     }
     sync(dev);

@@ -19,8 +19,8 @@
 //!   `w (w + 1) / 2`), then timed over `--iters` back-to-back calls; rank 0 prints time,
 //!   algorithm bandwidth (bytes / time) and bus bandwidth (algbw * 2 (w - 1) / w, the
 //!   nccl-tests convention).
-//! - `--cpu`: the TCP ring across processes at small sizes (what tests/collective.rs runs):
-//!   mixed shapes and dtypes with exact expected sums, random data whose result bits every
+//! - `--cpu`: the TCP ring across processes at small sizes (what bench/tests/allreduce.rs
+//!   runs): mixed shapes and dtypes with exact expected sums, random data whose result bits every
 //!   rank prints as a checksum (they must agree), and a small bandwidth figure.
 //!   `--fail-rank R --fail-mode exit|hang` makes rank R exit (or hang) after the first
 //!   all-reduce; the others must report a retryable error within `--timeout-s`.

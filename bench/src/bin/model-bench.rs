@@ -13,13 +13,13 @@
 //!   480p, batch 1: checkpointed forward+backward, gradient clipping, AdamW on fp32 master
 //!   weights.
 
-use std::time::Instant;
 use surgery_core::cost::{self, FeatureMapShape};
 use surgery_core::rate::Rate;
 use surgery_core::spec::{AnchorPattern, FeatureMapSpec};
 use surgery_worker::attention::hybrid::{HybridAttention, HybridConfig};
 use surgery_worker::attention::{TokenGrid, softmax_attention};
 use surgery_worker::model::{WanConfig, WanTransformer, weights};
+use surgery_worker::runtime;
 use surgery_worker::train::{AdamW, AdamWConfig, MasterWeights, recompute};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -35,28 +35,9 @@ fn dev() -> Device {
     if smoke() { Device::Cpu } else { Device::Cuda(0) }
 }
 
-fn sync() {
-    if !smoke() {
-        tch::Cuda::synchronize(0);
-    }
-}
-
-/// Median milliseconds of `iters` runs after `warmup`.
-fn median_ms(warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..warmup {
-        f();
-    }
-    sync();
-    let mut times: Vec<f64> = (0..iters)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            sync();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+/// Median milliseconds of `iters` runs after `warmup`, on the benchmark's device.
+fn median_ms(warmup: usize, iters: usize, f: impl FnMut()) -> f64 {
+    runtime::median_ms(dev(), warmup, iters, f)
 }
 
 fn emit(fields: &[(&str, serde_json::Value)]) {

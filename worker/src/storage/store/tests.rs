@@ -1,0 +1,89 @@
+use super::*;
+
+#[test]
+fn urls_parse_to_stores_and_roots() {
+    let s = Storage::from_url("memory://").unwrap();
+    assert_eq!(s.url(), "memory://");
+    let s = Storage::from_url("memory://a/b/").unwrap();
+    assert_eq!(s.url(), "memory://a/b");
+    assert_eq!(s.join("jobs/j1").url(), "memory://a/b/jobs/j1");
+    assert_eq!(s.location("x/y").unwrap().as_ref(), "a/b/x/y");
+
+    // Clients are built offline; the bucket and prefix come from the URL.
+    let s = Storage::from_url("s3://bucket/some/prefix").unwrap();
+    assert_eq!(s.url(), "s3://bucket/some/prefix");
+    assert_eq!(s.location("f").unwrap().as_ref(), "some/prefix/f");
+    let s = Storage::from_url("gs://bucket").unwrap();
+    assert_eq!(s.url(), "gs://bucket");
+
+    for bad in ["", "ftp://x/y", "s3:///prefix", "file://"] {
+        let err = Storage::from_url(bad).unwrap_err();
+        assert!(matches!(err, StorageError::UnsupportedUrl { .. }), "{bad}: {err}");
+        assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
+    }
+}
+
+#[test]
+fn local_urls_create_their_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let abs = tmp.path().join("a/b");
+    let s = Storage::from_url(&format!("file://{}", abs.display())).unwrap();
+    assert!(abs.is_dir());
+    assert_eq!(
+        s.url(),
+        format!("file://{}", std::fs::canonicalize(&abs).unwrap().display())
+    );
+    let plain = tmp.path().join("plain");
+    Storage::from_url(plain.to_str().unwrap()).unwrap();
+    assert!(plain.is_dir());
+
+    let err = Storage::from_url("file:///proc/surgery-cannot-create-this").unwrap_err();
+    assert!(matches!(err, StorageError::CreateRoot { .. }), "{err}");
+}
+
+#[test]
+fn bad_paths_are_typed_errors() {
+    let s = Storage::from_url("memory://root").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    for bad in ["a//b", "a/../b", "a/./b"] {
+        let err = rt.block_on(s.get(bad)).unwrap_err();
+        assert!(matches!(err, StorageError::InvalidPath { .. }), "{bad}: {err}");
+        assert!(err.to_string().contains("memory://root"), "{err}");
+    }
+    let err = rt.block_on(s.get("missing/file")).unwrap_err();
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    assert!(err.to_string().contains("memory://root/missing/file"), "{err}");
+}
+
+#[test]
+fn a_folder_uploads_file_by_file_and_downloads_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("student");
+    std::fs::create_dir_all(folder.join("nested")).unwrap();
+    std::fs::write(folder.join("config.json"), b"{}").unwrap();
+    std::fs::write(folder.join("model.safetensors"), vec![7u8; 1000]).unwrap();
+    std::fs::write(folder.join("nested/skipped.bin"), b"x").unwrap();
+    let s = Storage::from_url("memory://root").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut written = rt.block_on(s.upload_dir("jobs/j1/export/", &folder)).unwrap();
+    written.sort();
+    assert_eq!(
+        written,
+        ["jobs/j1/export/config.json", "jobs/j1/export/model.safetensors"]
+    );
+    assert_eq!(
+        rt.block_on(s.get("jobs/j1/export/model.safetensors")).unwrap().len(),
+        1000
+    );
+
+    let back = tmp.path().join("back");
+    let summary = rt.block_on(s.join("jobs/j1/export").download_dir("", &back)).unwrap();
+    assert_eq!(summary.downloaded, 2);
+    assert_eq!(std::fs::read(back.join("config.json")).unwrap(), b"{}");
+
+    let err = rt.block_on(s.upload_dir("x", tmp.path().join("missing"))).unwrap_err();
+    assert!(matches!(err, StorageError::LocalRead { .. }), "{err}");
+}
