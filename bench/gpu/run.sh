@@ -34,11 +34,22 @@ probe() {
     [ $rc -eq 0 ] || tail -n 5 "$out/$name.err"
 }
 
-probe tch_attention .gpu/model-bench attention
-probe torch_attention python3 bench/python/hybrid_attention.py
+# Attention at 480p x 81 frames (32,760 tokens) and x 21 frames (9,360): our fused kernels,
+# our eager path, and PyTorch eager.
+for tokens in 32760 9360; do
+    probe "tch_attention_$tokens" .gpu/model-bench attention --tokens "$tokens"
+    probe "tch_attention_${tokens}_eager" env SURGERY_FUSED_KERNELS=0 .gpu/model-bench attention --tokens "$tokens"
+    probe "torch_attention_$tokens" python3 bench/python/hybrid_attention.py --tokens "$tokens"
+done
+# Whole-model forward: teacher and all-R8 / all-R16 students, fused and eager, beside diffusers.
+for frames in 81 21; do
+    res=480p; [ "$frames" = 21 ] && res=480p-21f
+    probe "tch_model_$frames" .gpu/model-bench model-forward --frames "$frames"
+    probe "tch_model_${frames}_eager" env SURGERY_FUSED_KERNELS=0 .gpu/model-bench model-forward --frames "$frames"
+    probe "diffusers_forward_$res" python3 bench/python/diffusers_wan.py forward --res "$res"
+done
 for res in 480p 320x480; do
     probe "tch_forward_$res" .gpu/model-bench teacher-forward --res "$res"
-    probe "diffusers_forward_$res" python3 bench/python/diffusers_wan.py forward --res "$res"
     probe "tch_train_$res" .gpu/model-bench teacher-train --res "$res"
     probe "diffusers_train_$res" python3 bench/python/diffusers_wan.py train --res "$res"
 done

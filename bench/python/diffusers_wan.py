@@ -8,7 +8,7 @@ and reports peak GPU memory.
 
 One phase per process (so an external probe sees each phase's peak memory); prints one
 JSON line. Run on the GPU machine with diffusers on PYTHONPATH (a pure-Python wheel):
-    python3 bench/python/diffusers_wan.py forward --res 480p
+    python3 bench/python/diffusers_wan.py forward --res 480p        (480p-21f: 21 frames)
     python3 bench/python/diffusers_wan.py train --res 320x480
 """
 import argparse
@@ -56,11 +56,12 @@ def build():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("phase", choices=["forward", "train"])
-    p.add_argument("--res", choices=["480p", "320x480"], default="480p")
+    p.add_argument("--res", choices=["480p", "480p-21f", "320x480"], default="480p")
     args = p.parse_args()
     torch.manual_seed(0)
     model = build()
-    frames, height, width = {"480p": (21, 60, 104), "320x480": (21, 40, 60)}[args.res]
+    # Latent sizes: 480x832 at 81 frames, at 21 frames, and 320x480 at 81 frames.
+    frames, height, width = {"480p": (21, 60, 104), "480p-21f": (6, 60, 104), "320x480": (21, 40, 60)}[args.res]
     latents = torch.randn(1, 16, frames, height, width, device="cuda", dtype=torch.bfloat16)
     text = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
     t = torch.tensor([500.0], device="cuda")

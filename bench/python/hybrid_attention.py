@@ -1,6 +1,7 @@
 """Hybrid attention in PyTorch eager: the baseline for the tch implementation.
 
-The formula of METHOD.md section 1 in its normalised-anchor form, written the way
+The formula of METHOD.md section 1 in its normalised-anchor form with the revised
+normaliser (c_i = LSE over the anchors - log |T_S|, so the anchors weigh |T_S|), written the way
 ../shared/GPU.md measured it: anchors as strided views into SDPA (default backend),
 linear tokens by index_select on a precomputed index, phi as one batched matmul over
 heads, S, z and the numerator/denominator accumulated in fp32. The feature map is the
@@ -69,8 +70,9 @@ def hybrid(q, k, v, rate, linear_index, phi_q, phi_k, eps=1e-6, anchors_grad=Tru
     num = torch.matmul(fq, state)
     den = (fq * norm[:, :, None, :]).sum(-1, keepdim=True) + eps
     if out_anchor is not None:
-        num = num + out_anchor.float()
-        den = den + 1.0
+        a = float(-(-q.shape[2] // rate))  # |T_S| = ceil(N / R)
+        num = num + a * out_anchor.float()
+        den = den + a
     return (num / den).to(q.dtype)
 
 
@@ -105,7 +107,7 @@ def main():
         target = F.scaled_dot_product_attention(q, k, v)
     print(f"# softmax  forward {results['softmax']['forward']:.2f} ms  fwd+bwd {results['softmax']['finetune']:.2f} ms")
 
-    for rate in [2, 4, 8, None]:
+    for rate in [2, 4, 8, 16, 32, None]:
         n = args.tokens
         index = torch.arange(n, device=dev)
         linear_index = index if rate is None else index[index % rate != 0]
@@ -128,7 +130,7 @@ def main():
             f"# {name:7}  forward {r['forward']:.2f} ms  fine-tune {r['finetune']:.2f} ms  distill {r['distill']:.2f} ms"
         )
     for name, r in results.items():
-        print(json.dumps({"phase": "torch-attention", "rate": name, **{k + "_ms": v for k, v in r.items()}}))
+        print(json.dumps({"phase": "torch-attention", "tokens": args.tokens, "rate": name, **{k + "_ms": v for k, v in r.items()}}))
 
 
 if __name__ == "__main__":

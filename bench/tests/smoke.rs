@@ -10,13 +10,20 @@ fn stderr(output: &Output) -> String {
 /// The model benchmark's phases.
 #[test]
 fn model_bench_phases_run_in_smoke_mode() {
-    for phase in ["attention", "teacher-forward", "teacher-train", "finetune-step"] {
+    for phase in [
+        "attention",
+        "model-forward",
+        "teacher-forward",
+        "teacher-train",
+        "finetune-step",
+    ] {
         let run = Command::new(env!("CARGO_BIN_EXE_model-bench"))
             .args([phase, "--smoke"])
             .output()
             .unwrap();
         assert!(run.status.success(), "{phase}: {}", stderr(&run));
         let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(stdout.lines().count() > 0, "{phase} printed nothing");
         for line in stdout.lines() {
             let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
             assert!(value["phase"].is_string(), "{line}");

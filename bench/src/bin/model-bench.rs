@@ -2,11 +2,14 @@
 //! phase per process (bench/gpu/run.sh runs each with a GPU-memory probe, beside the
 //! PyTorch baselines of bench/python/), each printing JSON lines:
 //!
-//! - `attention`: full softmax (SDPA) and hybrid attention at R = 2, 4, 8, linear, B = 1,
-//!   12 heads of 128, 32,760 tokens: forward, fine-tune forward+backward (grads to q, k, v
-//!   and phi), distillation (q, k, v frozen; L1 to the teacher output; grads to phi), and
-//!   where the forward time goes (anchor SDPA, phi, state, readout). Also checks the fast
-//!   path against the exact reference on CUDA at a small size.
+//! - `attention [--tokens 32760|9360]`: full softmax (SDPA) and hybrid attention at
+//!   R = 2, 4, 8, 16, 32, linear, B = 1, 12 heads of 128: forward, fine-tune
+//!   forward+backward (grads to q, k, v and phi), distillation (q, k, v frozen; L1 to the
+//!   teacher output; grads to phi), and the anchors' SDPA alone (the rest of the forward is
+//!   the linear part). Fused kernels when available; `SURGERY_FUSED_KERNELS=0` measures
+//!   the eager path (each line says which). Correctness is worker/tests/fused_kernels.rs.
+//! - `model-forward [--frames 81|21]`: the 1.3B teacher's forward at 480x832, then
+//!   students with every block at R8 and at R16, and their speed-up over the teacher.
 //! - `teacher-forward` / `teacher-train` at `--res 480p|320x480`: the 1.3B teacher's
 //!   forward, and forward+backward with block-wise activation checkpointing.
 //! - `finetune-step`: one full fine-tuning step of the 1.3B student (15 blocks at R2) at
@@ -72,21 +75,43 @@ fn hybrid(vs: &VarStore, rate: Rate, heads: i64, d: i64) -> HybridAttention {
     )
 }
 
-fn attention() {
-    let (heads, d) = if smoke() { (2, 16) } else { (12, 128) };
-    let grid = if smoke() {
-        TokenGrid {
+/// Which implementation of the hybrid attention and the block's element-wise work runs:
+/// `fused` (the CUDA kernels) or `eager` (LibTorch ops; `SURGERY_FUSED_KERNELS=0`).
+fn kernels_label(like: &Tensor) -> &'static str {
+    if surgery_worker::kernels::usable(like) {
+        "fused"
+    } else {
+        "eager"
+    }
+}
+
+/// The token grid of `--tokens`: 32,760 (480x832, 81 frames) or 9,360 (21 frames).
+fn attention_grid(tokens: i64) -> TokenGrid {
+    if smoke() {
+        return TokenGrid {
             frames: 2,
             height: 4,
             width: 6,
-        }
-    } else {
-        TokenGrid {
+        };
+    }
+    match tokens {
+        32_760 => TokenGrid {
             frames: 21,
             height: 30,
             width: 52,
-        }
-    };
+        },
+        9_360 => TokenGrid {
+            frames: 6,
+            height: 30,
+            width: 52,
+        },
+        other => panic!("--tokens {other}: use 32760 or 9360"),
+    }
+}
+
+fn attention(tokens: i64) {
+    let (heads, d) = if smoke() { (2, 16) } else { (12, 128) };
+    let grid = attention_grid(tokens);
     let n = grid.tokens();
     let opts = (Kind::BFloat16, dev());
     tch::manual_seed(0);
@@ -95,6 +120,7 @@ fn attention() {
     let v = Tensor::randn([1, heads, n, d], opts);
     let grad_out = Tensor::randn([1, heads, n, d], opts);
     let inject = |out: &Tensor| (out * &grad_out).sum(Kind::Float).backward();
+    let kernels = kernels_label(&q);
 
     let fwd = median_ms(5, 20, || {
         let _ = tch::no_grad(|| softmax_attention(&q, &k, &v));
@@ -107,6 +133,8 @@ fn attention() {
     let fb = median_ms(5, 20, || inject(&softmax_attention(&qg, &kg, &vg)));
     emit(&[
         ("phase", "attention".into()),
+        ("tokens", n.into()),
+        ("kernels", kernels.into()),
         ("rate", "softmax".into()),
         ("forward_ms", fwd.into()),
         ("finetune_ms", fb.into()),
@@ -114,13 +142,22 @@ fn attention() {
     let target = tch::no_grad(|| softmax_attention(&q, &k, &v));
 
     let vs = VarStore::new(dev());
-    for rate in [Rate::Hybrid(2), Rate::Hybrid(4), Rate::Hybrid(8), Rate::Linear] {
+    let rates = [
+        Rate::Hybrid(2),
+        Rate::Hybrid(4),
+        Rate::Hybrid(8),
+        Rate::Hybrid(16),
+        Rate::Hybrid(32),
+        Rate::Linear,
+    ];
+    for rate in rates {
         let h = hybrid(&vs, rate, heads, d);
         weights::cast_like_diffusers(&vs, Kind::BFloat16);
         let forward = median_ms(5, 20, || {
             let _ = tch::no_grad(|| h.forward(&q, &k, &v, grid));
         });
         let finetune = median_ms(5, 20, || inject(&h.forward(&qg, &kg, &vg, grid)));
+        // Distillation: q, k, v frozen, the teacher output precomputed, grads to phi.
         let distill = median_ms(5, 20, || {
             let out = h.forward(&q, &k, &v, grid);
             (out.to_kind(Kind::Float) - target.to_kind(Kind::Float))
@@ -128,7 +165,7 @@ fn attention() {
                 .mean(Kind::Float)
                 .backward();
         });
-        // Where the forward time goes, piece by piece, with the fast path's own ops.
+        // The anchors' SDPA alone; the rest of the forward is the linear part.
         let idx = h.token_index(grid, dev());
         let anchor_ms = match (idx.select_anchors(&k), idx.select_anchors(&v)) {
             (Some(ka), Some(va)) => median_ms(5, 20, || {
@@ -136,34 +173,10 @@ fn attention() {
             }),
             _ => 0.0,
         };
-        let (kl, vl) = (idx.select_linear(&k).unwrap(), idx.select_linear(&v).unwrap());
-        let phi_ms = median_ms(5, 20, || {
-            tch::no_grad(|| {
-                let _ = (h.phi_k.forward(&idx.select_linear(&k).unwrap()), h.phi_q.forward(&q));
-            })
-        });
-        let (fk, fq) = tch::no_grad(|| (h.phi_k.forward(&kl), h.phi_q.forward(&q)));
-        let state_ms = median_ms(5, 20, || {
-            tch::no_grad(|| {
-                let _ = (
-                    fk.transpose(-2, -1).matmul(&vl.to_kind(Kind::Float)),
-                    fk.sum_dim_intlist(-2, true, Kind::Float),
-                );
-            })
-        });
-        let (s, z) = tch::no_grad(|| {
-            (
-                fk.transpose(-2, -1).matmul(&vl.to_kind(Kind::Float)),
-                fk.sum_dim_intlist(-2, true, Kind::Float),
-            )
-        });
-        let readout_ms = median_ms(5, 20, || {
-            tch::no_grad(|| {
-                let _ = (fq.matmul(&s) / (fq.matmul(&z.transpose(-2, -1)) + 1.0)).to_kind(Kind::BFloat16);
-            })
-        });
         emit(&[
             ("phase", "attention".into()),
+            ("tokens", n.into()),
+            ("kernels", kernels.into()),
             ("rate", rate_name(rate).into()),
             ("forward_ms", forward.into()),
             ("finetune_ms", finetune.into()),
@@ -172,36 +185,58 @@ fn attention() {
             ("finetune_vs_sdpa", (finetune / fb).into()),
             ("distill_vs_sdpa", (distill / fb).into()),
             ("anchor_sdpa_ms", anchor_ms.into()),
-            ("phi_ms", phi_ms.into()),
-            ("state_ms", state_ms.into()),
-            ("readout_ms", readout_ms.into()),
+            ("linear_part_ms", (forward - anchor_ms).into()),
         ]);
     }
+}
 
-    // The fast path equals the exact reference on CUDA too (small size: the reference is O(N^2)).
-    let small = TokenGrid {
-        frames: 3,
-        height: 6,
-        width: 10,
+/// The whole model's forward at 480x832 and `frames` frames (81 or 21): the teacher, then
+/// students with every block at R8 and at R16 (same weights plus feature maps), bf16,
+/// no gradients - what sampling runs.
+fn model_forward(frames: i64) {
+    let res = if frames == 81 { "480p" } else { "480p-21f" };
+    let (vs, mut model) = teacher();
+    let (x, t, text) = inputs(res);
+    let kernels = kernels_label(&x);
+    let time = |model: &WanTransformer| {
+        median_ms(1, 3, || {
+            let _ = tch::no_grad(|| model.forward(&x, &t, &text));
+        })
     };
-    for (kind, tol) in [(Kind::Float, 1e-4), (Kind::BFloat16, 2e-2)] {
-        let vs = VarStore::new(dev());
-        let h = hybrid(&vs, Rate::Hybrid(4), 4, 32);
-        weights::cast_like_diffusers(&vs, kind);
-        let sq = Tensor::randn([2, 4, small.tokens(), 32], (kind, dev()));
-        let sk = Tensor::randn([2, 4, small.tokens(), 32], (kind, dev()));
-        let sv = Tensor::randn([2, 4, small.tokens(), 32], (kind, dev()));
-        let (fast, exact) = tch::no_grad(|| (h.forward(&sq, &sk, &sv, small), h.reference(&sq, &sk, &sv, small)));
-        let err = (fast.to_kind(Kind::Double) - exact.to_kind(Kind::Double))
-            .abs()
-            .max()
-            .double_value(&[])
-            / exact.abs().max().to_kind(Kind::Double).double_value(&[]);
+    let teacher_ms = time(&model);
+    emit(&[
+        ("phase", "model-forward".into()),
+        ("frames", frames.into()),
+        ("kernels", kernels.into()),
+        ("model", "teacher".into()),
+        ("ms", teacher_ms.into()),
+    ]);
+    let spec = feature_map_spec();
+    let cfg = model.config().clone();
+    for rate in [Rate::Hybrid(8), Rate::Hybrid(16)] {
+        for block in 0..cfg.num_layers as usize {
+            let path = vs.root() / "students" / rate_name(rate) / block as i64 / "attn1";
+            let core = HybridAttention::new(
+                &path,
+                HybridConfig::from_spec(
+                    &spec,
+                    cfg.num_attention_heads,
+                    cfg.attention_head_dim,
+                    rate,
+                    AnchorPattern::Strided,
+                ),
+            );
+            model.set_self_attention(block, surgery_worker::attention::SelfAttention::Hybrid(core));
+        }
+        weights::cast_like_diffusers(&vs, Kind::BFloat16);
+        let ms = time(&model);
         emit(&[
-            ("phase", "attention-check".into()),
-            ("dtype", format!("{kind:?}").into()),
-            ("max_rel_error", err.into()),
-            ("ok", (err <= tol).into()),
+            ("phase", "model-forward".into()),
+            ("frames", frames.into()),
+            ("kernels", kernels.into()),
+            ("model", format!("student-all-{}", rate_name(rate)).into()),
+            ("ms", ms.into()),
+            ("speedup_vs_teacher", (teacher_ms / ms).into()),
         ]);
     }
 }
@@ -213,8 +248,9 @@ fn resolution(name: &str) -> (i64, i64, i64) {
     }
     match name {
         "480p" => (21, 60, 104),
+        "480p-21f" => (6, 60, 104),
         "320x480" => (21, 40, 60),
-        other => panic!("unknown resolution {other}; use 480p or 320x480"),
+        other => panic!("unknown resolution {other}; use 480p, 480p-21f or 320x480"),
     }
 }
 
@@ -371,14 +407,23 @@ fn main() {
         .position(|a| a == "--res")
         .and_then(|i| args.get(i + 1))
         .map_or("480p", String::as_str);
+    let number = |flag: &str, default: i64| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map_or(default, |v| {
+                v.parse().unwrap_or_else(|_| panic!("{flag} takes a number, not {v}"))
+            })
+    };
     match args.first().map(String::as_str) {
-        Some("attention") => attention(),
+        Some("attention") => attention(number("--tokens", 32_760)),
+        Some("model-forward") => model_forward(number("--frames", 81)),
         Some("teacher-forward") => teacher_forward(res),
         Some("teacher-train") => teacher_train(res),
         Some("finetune-step") => finetune_step(),
         _ => {
             eprintln!(
-                "usage: model-bench [--smoke] attention | teacher-forward [--res R] | teacher-train [--res R] | finetune-step"
+                "usage: model-bench [--smoke] attention [--tokens 32760|9360] | model-forward [--frames 81|21] | teacher-forward [--res R] | teacher-train [--res R] | finetune-step"
             );
             std::process::exit(2);
         }

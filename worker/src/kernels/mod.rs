@@ -111,6 +111,13 @@ pub fn usable(t: &tch::Tensor) -> bool {
     }
 }
 
+/// The name of CUDA device `index` ("NVIDIA H200"), from the driver.
+pub fn device_name(index: usize) -> Option<String> {
+    cu::init().ok()?;
+    let device = cu::device::get(index as i32).ok()?;
+    cu::device::get_name(device).ok()
+}
+
 /// The compiled module of one device.
 pub struct Module {
     ctx: cusys::CUcontext,
