@@ -14,3 +14,9 @@ pub const TOTAL_ERROR: &str = "total_error";
 pub const TOTAL_COST: &str = "total_cost";
 pub const SOFTMAX_COST: &str = "softmax_cost";
 pub const BUDGET: &str = "budget";
+
+/// Export: the student's forward speed-up over the teacher, measured on the export's
+/// device at the job's resolution, and the two forward times in ms.
+pub const STUDENT_SPEEDUP: &str = "student_speedup";
+pub const STUDENT_FORWARD_MS: &str = "student_forward_ms";
+pub const TEACHER_FORWARD_MS: &str = "teacher_forward_ms";

@@ -48,6 +48,14 @@ pub fn describe_devices() -> String {
     }
 }
 
+/// A name for `device`: the GPU's (`NVIDIA H200`, from the CUDA driver) or `cpu`.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => crate::kernels::device_name(i).unwrap_or_else(|| format!("cuda:{i}")),
+        _ => "cpu".to_string(),
+    }
+}
+
 /// Waits until every kernel queued on `device` has finished (nothing to wait for on the CPU).
 pub fn synchronize(device: Device) {
     if let Device::Cuda(index) = device {

@@ -8,6 +8,7 @@
 //!   teacher output; grads to phi), and the anchors' SDPA alone (the rest of the forward is
 //!   the linear part). Fused kernels when available; `SURGERY_FUSED_KERNELS=0` measures
 //!   the eager path (each line says which). Correctness is worker/tests/fused_kernels.rs.
+//! - `attention-parts [--tokens 32760|9360]`: where the fused linear part's time goes.
 //! - `model-forward [--frames 81|21]`: the 1.3B teacher's forward at 480x832, then
 //!   students with every block at R8 and at R16, and their speed-up over the teacher.
 //! - `teacher-forward` / `teacher-train` at `--res 480p|320x480`: the 1.3B teacher's
@@ -188,6 +189,72 @@ fn attention(tokens: i64) {
             ("linear_part_ms", (forward - anchor_ms).into()),
         ]);
     }
+}
+
+/// Where the fused linear part's time goes at `tokens` (rate linear: every key is a
+/// linear token), piece by piece: each feature map, the state GEMM and the readout GEMM
+/// with a bf16 and with an fp32 result, the whole forward, and the whole backward.
+fn attention_parts(tokens: i64) {
+    use surgery_worker::attention::fused::linear::{self, Config, Phi};
+    let (heads, d) = if smoke() { (2, 16) } else { (12, 128) };
+    let n = attention_grid(tokens).tokens();
+    let opts = (Kind::BFloat16, dev());
+    tch::manual_seed(0);
+    let q = Tensor::randn([1, heads, n, d], opts);
+    let k = Tensor::randn([1, heads, n, d], opts);
+    let v = Tensor::randn([1, heads, n, d], opts);
+    if !surgery_worker::kernels::usable(&q) {
+        emit(&[
+            ("phase", "attention-parts".into()),
+            ("skipped", "no fused kernels".into()),
+        ]);
+        return;
+    }
+    let vs = VarStore::new(dev());
+    let h = hybrid(&vs, Rate::Linear, heads, d);
+    fn phi(m: &surgery_worker::attention::feature_map::FeatureMap) -> Phi<'_> {
+        Phi {
+            w1: &m.w1,
+            b1: &m.b1,
+            w2: &m.w2,
+            b2: &m.b2,
+        }
+    }
+    let (pq, pk) = (phi(&h.phi_q), phi(&h.phi_k));
+    let cfg = Config {
+        a: 0.0,
+        eps: 1e-6,
+        has_anchors: false,
+        ends: Config::ends_of(&h.phi_q.config.chunk_sizes()),
+    };
+    let module = surgery_worker::kernels::module_of(&q).expect("module");
+    let time = |f: &mut dyn FnMut()| median_ms(5, 20, f);
+    let phi_ms = time(&mut || drop(linear::phi_forward(&module, &q, &pq, &cfg).expect("phi")));
+    let fk = linear::phi_forward(&module, &k, &pk, &cfg).expect("phi").phi;
+    let features = fk.size()[3];
+    let dp = linear::augmented_width(d);
+    let v_aug = Tensor::ones([heads, n, dp], opts);
+    let fk3 = fk.view([heads, n, features]);
+    let state_bf16 = time(&mut || drop(fk3.transpose(1, 2).bmm(&v_aug)));
+    let state_f32 = time(&mut || drop(fk3.transpose(1, 2).bmm_dtype(&v_aug, Kind::Float)));
+    let s = fk3.transpose(1, 2).bmm(&v_aug);
+    let readout_bf16 = time(&mut || drop(fk3.bmm(&s)));
+    let readout_f32 = time(&mut || drop(fk3.bmm_dtype(&s, Kind::Float)));
+    let forward_ms = time(&mut || drop(linear::forward(None, &q, &k, &v, &pq, &pk, &cfg).expect("forward")));
+    let (_, saved) = linear::forward(None, &q, &k, &v, &pq, &pk, &cfg).expect("forward");
+    let dy = Tensor::randn([1, heads, n, d], opts);
+    let backward_ms = time(&mut || drop(linear::backward(&saved, &dy, &cfg).expect("backward")));
+    emit(&[
+        ("phase", "attention-parts".into()),
+        ("tokens", n.into()),
+        ("phi_one_map_ms", phi_ms.into()),
+        ("state_gemm_bf16_out_ms", state_bf16.into()),
+        ("state_gemm_f32_out_ms", state_f32.into()),
+        ("readout_gemm_bf16_out_ms", readout_bf16.into()),
+        ("readout_gemm_f32_out_ms", readout_f32.into()),
+        ("linear_forward_ms", forward_ms.into()),
+        ("linear_backward_ms", backward_ms.into()),
+    ]);
 }
 
 /// The whole model's forward at 480x832 and `frames` frames (81 or 21): the teacher, then
@@ -417,13 +484,14 @@ fn main() {
     };
     match args.first().map(String::as_str) {
         Some("attention") => attention(number("--tokens", 32_760)),
+        Some("attention-parts") => attention_parts(number("--tokens", 32_760)),
         Some("model-forward") => model_forward(number("--frames", 81)),
         Some("teacher-forward") => teacher_forward(res),
         Some("teacher-train") => teacher_train(res),
         Some("finetune-step") => finetune_step(),
         _ => {
             eprintln!(
-                "usage: model-bench [--smoke] attention [--tokens 32760|9360] | model-forward [--frames 81|21] | teacher-forward [--res R] | teacher-train [--res R] | finetune-step"
+                "usage: model-bench [--smoke] attention [--tokens 32760|9360] | attention-parts [--tokens N] | model-forward [--frames 81|21] | teacher-forward [--res R] | teacher-train [--res R] | finetune-step"
             );
             std::process::exit(2);
         }

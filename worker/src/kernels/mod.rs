@@ -142,6 +142,20 @@ impl Module {
         self.launch_grid(f, name, blocks, args)
     }
 
+    /// Launches a per-head kernel: grid y = `slabs` ((batch, head) slabs), x covering
+    /// `per_slab` work items per slab.
+    pub fn launch_slabs(&self, name: &str, slabs: i64, per_slab: i64, args: &mut [Arg]) -> Result<(), String> {
+        let f = *self
+            .functions
+            .get(name)
+            .ok_or_else(|| format!("no kernel `{name}` in the module"))?;
+        let blocks_x = ((per_slab.max(1) + 255) / 256).clamp(1, 4096) as u32;
+        if slabs > 65_535 {
+            return Err(format!("{slabs} (batch, head) slabs exceed the grid's 65,535"));
+        }
+        self.launch_grid2(f, name, (blocks_x, slabs.max(1) as u32), args)
+    }
+
     /// Launches a row-wise kernel (one block of 256 threads per row, grid-stride over
     /// rows) for `rows` rows.
     pub fn launch_rows(&self, name: &str, rows: i64, args: &mut [Arg]) -> Result<(), String> {
@@ -153,6 +167,10 @@ impl Module {
     }
 
     fn launch_grid(&self, f: cusys::CUfunction, name: &str, blocks: u32, args: &mut [Arg]) -> Result<(), String> {
+        self.launch_grid2(f, name, (blocks, 1), args)
+    }
+
+    fn launch_grid2(&self, f: cusys::CUfunction, name: &str, grid: (u32, u32), args: &mut [Arg]) -> Result<(), String> {
         let threads: u32 = 256;
         let mut params: Vec<*mut c_void> = args.iter_mut().map(Arg::as_param).collect();
         // SAFETY: the context is the device's primary context (LibTorch's); the arguments
@@ -160,8 +178,15 @@ impl Module {
         // outlive the call, which copies them.
         unsafe {
             cu::ctx::set_current(self.ctx).map_err(|e| format!("cuCtxSetCurrent: {e:?}"))?;
-            cu::launch_kernel(f, (blocks, 1, 1), (threads, 1, 1), 0, std::ptr::null_mut(), &mut params)
-                .map_err(|e| format!("launching {name}: {e:?}"))
+            cu::launch_kernel(
+                f,
+                (grid.0, grid.1, 1),
+                (threads, 1, 1),
+                0,
+                std::ptr::null_mut(),
+                &mut params,
+            )
+            .map_err(|e| format!("launching {name}: {e:?}"))
         }
     }
 }
@@ -218,9 +243,10 @@ fn build(index: usize) -> Result<Module, String> {
     Ok(Module { ctx, functions })
 }
 
-/// Every `extern "C" __global__` kernel of [`SOURCE`], for both element types.
+/// Every `extern "C" __global__` kernel of [`SOURCE`]: the attention kernels for both
+/// element types and both vector widths (`_v1`, `_v8`), the block kernels for both types.
 pub fn kernel_names() -> Vec<String> {
-    const BASES: [&str; 10] = [
+    const ATTENTION: [&str; 7] = [
         "bias_gelu",
         "bias_chunks",
         "augment",
@@ -228,14 +254,22 @@ pub fn kernel_names() -> Vec<String> {
         "combine_backward",
         "chunks_backward",
         "gelu_backward",
-        "layer_norm_modulate",
-        "gated_residual",
-        "rms_rope",
     ];
-    BASES
-        .iter()
-        .flat_map(|b| [format!("{b}_bf16"), format!("{b}_f32")])
-        .collect()
+    const BLOCK: [&str; 3] = ["layer_norm_modulate", "gated_residual", "rms_rope"];
+    let mut names = Vec::new();
+    for t in ["bf16", "f32"] {
+        for base in ATTENTION {
+            names.extend([format!("{base}_{t}_v1"), format!("{base}_{t}_v8")]);
+        }
+        names.extend(BLOCK.iter().map(|base| format!("{base}_{t}")));
+    }
+    names
+}
+
+/// The vector width a kernel moves per thread for rows `widths` wide: 8 when every width
+/// is a multiple of 8 (16-byte loads for bf16), else 1.
+pub fn vector_width(widths: &[i64]) -> i64 {
+    if widths.iter().all(|w| w % 8 == 0) { 8 } else { 1 }
 }
 
 /// Compiles [`SOURCE`] to PTX for a virtual architecture (`compute_90`); the driver

@@ -16,7 +16,7 @@
 //! dx = dpre W1^T, and the bias gradients as sums. Reductions over tokens (S_aug, dS_aug,
 //! the weight gradients) come out of cuBLAS in fp32.
 
-use crate::kernels::{Arg, Module, module_of as device_module, ptr, suffix};
+use crate::kernels::{Arg, Module, module_of as device_module, ptr, suffix, vector_width};
 use tch::{Kind, Tensor};
 
 /// The GEMM width of v_aug: d values, the ones column, zero padding to a multiple of 8.
@@ -88,6 +88,14 @@ pub struct PhiOut {
     pub phi: Tensor,
 }
 
+/// The elements of one (batch, head) slab of a [B, H, M, width] tensor, as the kernels'
+/// 32-bit slab index.
+fn slab_len(rows_per_head: i64, width: i64) -> Result<Arg, String> {
+    i32::try_from(rows_per_head * width)
+        .map(Arg::I32)
+        .map_err(|_| format!("{rows_per_head} x {width} elements per head exceed the kernels' 32-bit slab index"))
+}
+
 fn dims4(t: &Tensor) -> Result<[i64; 4], String> {
     let s = t.size();
     s.as_slice()
@@ -129,21 +137,21 @@ pub fn phi_forward(m: &Module, x: &Tensor, phi: &Phi, cfg: &Config) -> Result<Ph
     let t = x.kind();
     let sfx = suffix(t)?;
     let (b, h, rows_per_head, _) = head_dims(x)?;
-    let rows = b * h * rows_per_head;
     let pre = x.matmul(&phi.w1.to_kind(t)).contiguous(); // [B, H, M, hidden]
     let hidden = pre.size()[3];
     let hid = pre.empty_like();
     let b1 = phi.b1.to_kind(Kind::Float).contiguous();
-    m.launch(
-        &format!("bias_gelu_{sfx}"),
-        rows * hidden,
+    let vw = vector_width(&[hidden]);
+    m.launch_slabs(
+        &format!("bias_gelu_{sfx}_v{vw}"),
+        b * h,
+        rows_per_head * hidden / vw,
         &mut [
             ptr(&pre),
             ptr(&b1),
             ptr(&hid),
-            Arg::I64(rows),
+            slab_len(rows_per_head, hidden)?,
             Arg::I32(hidden as i32),
-            Arg::I64(rows_per_head),
             Arg::I32(h as i32),
         ],
     )?;
@@ -151,16 +159,17 @@ pub fn phi_forward(m: &Module, x: &Tensor, phi: &Phi, cfg: &Config) -> Result<Ph
     let features = psi.size()[3];
     let out = psi.empty_like();
     let b2 = phi.b2.to_kind(Kind::Float).contiguous();
-    m.launch(
-        &format!("bias_chunks_{sfx}"),
-        rows * features,
+    let vw = vector_width(&[features]);
+    m.launch_slabs(
+        &format!("bias_chunks_{sfx}_v{vw}"),
+        b * h,
+        rows_per_head * features / vw,
         &mut [
             ptr(&psi),
             ptr(&b2),
             ptr(&out),
-            Arg::I64(rows),
+            slab_len(rows_per_head, features)?,
             Arg::I32(features as i32),
-            Arg::I64(rows_per_head),
             Arg::I32(h as i32),
             Arg::I32(cfg.ends[0] as i32),
             Arg::I32(cfg.ends[1] as i32),
@@ -215,9 +224,10 @@ pub fn forward(
     let features = fk.phi.size()[3];
     let vl = vl.contiguous();
     let v_aug = Tensor::empty([b, h, l, dp], (t, q.device()));
+    let vw = vector_width(&[d]);
     m.launch(
-        &format!("augment_{sfx}"),
-        b * h * l * dp,
+        &format!("augment_{sfx}_v{vw}"),
+        b * h * l * dp / vw,
         &mut [
             ptr(&vl),
             ptr(&v_aug),
@@ -238,9 +248,10 @@ pub fn forward(
     let y = Tensor::empty([b, h, n, d], (t, q.device()));
     let dinv = Tensor::empty([rows], (Kind::Float, q.device()));
     let o = o.map(Tensor::contiguous);
+    let vw = vector_width(&[d]);
     m.launch(
-        &format!("combine_{sfx}"),
-        rows * d,
+        &format!("combine_{sfx}_v{vw}"),
+        rows * d / vw,
         &mut [
             o.as_ref().map_or(Arg::Ptr(0), ptr),
             ptr(&nd),
@@ -290,23 +301,23 @@ fn phi_backward(
     let t = x.kind();
     let sfx = suffix(t)?;
     let (b, h, rows_per_head, d) = head_dims(x)?;
-    let rows = b * h * rows_per_head;
     let hidden = out.hid.size()[3];
     let features = out.phi.size()[3];
 
     let dpsi = out.psi.empty_like();
     let b2f = b2.to_kind(Kind::Float).contiguous();
-    m.launch(
-        &format!("chunks_backward_{sfx}"),
-        rows * features,
+    let vw = vector_width(&[features]);
+    m.launch_slabs(
+        &format!("chunks_backward_{sfx}_v{vw}"),
+        b * h,
+        rows_per_head * features / vw,
         &mut [
             ptr(dphi),
             ptr(&out.psi),
             ptr(&b2f),
             ptr(&dpsi),
-            Arg::I64(rows),
+            slab_len(rows_per_head, features)?,
             Arg::I32(features as i32),
-            Arg::I64(rows_per_head),
             Arg::I32(h as i32),
             Arg::I32(cfg.ends[0] as i32),
             Arg::I32(cfg.ends[1] as i32),
@@ -323,17 +334,18 @@ fn phi_backward(
 
     let dpre = out.pre.empty_like();
     let b1f = b1.to_kind(Kind::Float).contiguous();
-    m.launch(
-        &format!("gelu_backward_{sfx}"),
-        rows * hidden,
+    let vw = vector_width(&[hidden]);
+    m.launch_slabs(
+        &format!("gelu_backward_{sfx}_v{vw}"),
+        b * h,
+        rows_per_head * hidden / vw,
         &mut [
             ptr(&dhid),
             ptr(&out.pre),
             ptr(&b1f),
             ptr(&dpre),
-            Arg::I64(rows),
+            slab_len(rows_per_head, hidden)?,
             Arg::I32(hidden as i32),
-            Arg::I64(rows_per_head),
             Arg::I32(h as i32),
         ],
     )?;
@@ -368,8 +380,9 @@ pub fn backward(saved: &Saved, dy: &Tensor, cfg: &Config) -> Result<[Option<Tens
     let dy = dy.to_kind(t).contiguous();
     let g = Tensor::empty([b, h, n, dp], (t, dy.device()));
     let d_o = cfg.has_anchors.then(|| Tensor::empty([b, h, n, d], (t, dy.device())));
+    let vw = vector_width(&[d]);
     m.launch(
-        &format!("combine_backward_{sfx}"),
+        &format!("combine_backward_{sfx}_v{vw}"),
         rows * 32,
         &mut [
             ptr(&dy),

@@ -3,10 +3,12 @@
 //! and `export/report.json`: the per-block rates, attention and whole-model FLOPs against
 //! the teacher, the distillation errors of the chosen blocks, the fine-tuning loss, and a
 //! probe - the student's and the teacher's output on a fixed seeded input - that anyone
-//! can recompute from the exported folder to check it is the model the report describes.
+//! can recompute from the exported folder to check it is the model the report describes;
+//! and the student's measured speed-up over the teacher on the device the task ran on.
 
 pub mod flops;
 pub mod probe;
+pub mod speed;
 
 use super::TaskContext;
 use super::folders::upload_folder;
@@ -17,7 +19,7 @@ pub use probe::{PROBE_SEED, PROBE_TIMESTEP, probe, probe_shape, velocity};
 use serde_json::json;
 use std::collections::BTreeMap;
 use surgery_core::rate::Rate;
-use surgery_core::{ids, layout};
+use surgery_core::{ids, layout, results};
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let spec = &ctx.input.spec;
@@ -55,6 +57,10 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let prompts = model_inputs::prompts(ctx, spec)?;
     let text = prompts.embeds.narrow(0, 0, 1).to_device(ctx.device);
     let (probe_mean_abs, probe_rel) = probe(&student.model, &teacher, &text, probe_shape(spec));
+    ctx.handle.check()?;
+    let speed = speed::measure(&student.model, &teacher, spec, &text, probe_shape(spec));
+    ctx.handle
+        .log("info", speed::sentence(speed.speedup, &speed.resolution, &speed.device));
     let report = json!({
         "job": ctx.input.task.job,
         "model": { "layers": shape.layers, "heads": shape.heads, "head_dim": shape.head_dim, "tokens": spec.tokens() },
@@ -70,6 +76,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             "student_mean_abs": probe_mean_abs,
             "velocity_relative_error_vs_teacher": probe_rel,
         },
+        "speed": speed,
     });
     let path = layout::EXPORT_REPORT.to_string();
     ctx.block_on(job.put(&path, serde_json::to_vec_pretty(&report).expect("json").into()))
@@ -86,6 +93,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
                 flops.model_forward_flops.saved_fraction,
             ),
             ("probe_velocity_relative_error".to_string(), probe_rel),
+            (results::STUDENT_SPEEDUP.to_string(), speed.speedup),
+            (results::STUDENT_FORWARD_MS.to_string(), speed.student_ms),
+            (results::TEACHER_FORWARD_MS.to_string(), speed.teacher_ms),
         ]),
         artifacts,
         report: true,
