@@ -186,12 +186,12 @@ fn sweep(kind: Kind, tolerance: f64) {
                         let (fwd, grads, element) = check(&case, device);
                         worst_element = worst_element.max(element);
                         let label = format!("{kind:?} H{heads} d{head_dim} N{} {rate} {pattern:?}", grid.tokens());
-                        // NaN fails too (it is not <= anything).
-                        if !(fwd <= tolerance) {
+                        // NaN fails too.
+                        if fwd.is_nan() || fwd > tolerance {
                             failures.push(format!("{label}: forward rel err {fwd:e}"));
                         }
                         for (i, e) in grads.iter().enumerate() {
-                            if !(*e <= tolerance) {
+                            if e.is_nan() || *e > tolerance {
                                 failures.push(format!("{label}: gradient of {} rel err {e:e}", GRADS[i]));
                             }
                             worst_grad[i] = worst_grad[i].max(*e);
