@@ -206,44 +206,63 @@ fn bad_inputs_are_explained() {
     assert_eq!(run.status.code(), Some(2), "usage error");
 }
 
+/// Each stdout line of a benchmark run as JSON, failing on a line that is not.
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect()
+}
+
 /// The GPU benchmark's every phase runs (on the CPU at toy sizes), so a broken benchmark
 /// is caught here rather than on a lent GPU.
 #[test]
 fn model_bench_phases_run_in_smoke_mode() {
-    for phase in ["attention", "teacher-forward", "teacher-train", "finetune-step"] {
+    // What each phase prints, one JSON line per measurement: `attention` one line for
+    // softmax and one per rate (2, 4, 8, linear), then the fp32 and bf16 checks of the
+    // fast path against the reference.
+    let attention = [vec!["attention"; 5], vec!["attention-check"; 2]].concat();
+    let phases: [(&str, Vec<&str>); 4] = [
+        ("attention", attention),
+        ("teacher-forward", vec!["teacher-forward"]),
+        ("teacher-train", vec!["teacher-train"]),
+        ("finetune-step", vec!["finetune-step"]),
+    ];
+    for (phase, expected) in phases {
         let run = Command::new(env!("CARGO_BIN_EXE_model-bench"))
             .args([phase, "--smoke"])
             .output()
             .unwrap();
         assert!(run.status.success(), "{phase}: {}", stderr(&run));
-        let stdout = String::from_utf8_lossy(&run.stdout);
-        for line in stdout.lines() {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-            assert!(value["phase"].is_string(), "{line}");
-            if let Some(ok) = value.get("ok") {
-                assert_eq!(ok, true, "{line}");
+        let lines = json_lines(&run.stdout);
+        let printed: Vec<&str> = lines.iter().map(|v| v["phase"].as_str().unwrap_or("")).collect();
+        assert_eq!(printed, expected, "{phase}: the lines printed");
+        for value in &lines {
+            if value["phase"] == "attention-check" {
+                assert_eq!(value["ok"], true, "{phase}: {value}");
             }
         }
     }
 }
 
-/// The runtime benchmark's phases run too (CPU, toy sizes).
+/// The runtime benchmark's phases run too (CPU, toy sizes), each printing one JSON line.
 #[test]
 fn runtime_bench_phases_run_in_smoke_mode() {
-    for phase in [
-        &["capture-step"][..],
-        &["distill"],
-        &["stall"],
-        &["finetune", "--world", "1"],
+    for (phase, args) in [
+        ("capture-step", &[][..]),
+        ("distill", &[]),
+        ("stall", &[]),
+        ("finetune", &["--world", "1"]),
     ] {
         let run = Command::new(env!("CARGO_BIN_EXE_runtime-bench"))
-            .args(phase)
+            .arg(phase)
+            .args(args)
             .arg("--smoke")
             .output()
             .unwrap();
-        assert!(run.status.success(), "{phase:?}: {}", stderr(&run));
-        let stdout = String::from_utf8_lossy(&run.stdout);
-        let value: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-        assert!(value["phase"].is_string(), "{stdout}");
+        assert!(run.status.success(), "{phase}: {}", stderr(&run));
+        let lines = json_lines(&run.stdout);
+        assert_eq!(lines.len(), 1, "{phase}: one line expected, got {lines:?}");
+        assert_eq!(lines[0]["phase"], phase, "{phase}: {}", lines[0]);
     }
 }
