@@ -67,6 +67,15 @@ impl Deadline {
             .map_err(|_| self.expired(&last_seen()))
     }
 
+    /// [`Deadline::check`] for a wait on something a job does: fails at once when the job
+    /// has ended (what was awaited can no longer happen), and shows the job as last seen.
+    pub fn check_job(&self, view: &pb::GetJobResponse) -> anyhow::Result<()> {
+        if job_ended(view) {
+            bail!("the job ended while waiting for {}: {}", self.what, describe_job(view));
+        }
+        self.check(|| describe_job(view))
+    }
+
     fn expired(&self, last_seen: &str) -> anyhow::Error {
         anyhow::anyhow!(
             "gave up after {:.0?} waiting for {}; last seen: {last_seen}",
@@ -74,6 +83,15 @@ impl Deadline {
             self.what
         )
     }
+}
+
+/// Whether the job has succeeded, failed or been cancelled.
+pub fn job_ended(view: &pb::GetJobResponse) -> bool {
+    let state = view.job.as_ref().map(|j| j.state()).unwrap_or_default();
+    matches!(
+        state,
+        pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
+    )
 }
 
 /// One line per task of a job view, for failure messages: the job's state and reasons,
@@ -569,11 +587,7 @@ pub async fn wait_for_job(
     loop {
         let last_seen = match get_job(jobs, job_id).await {
             Ok(view) => {
-                let state = view.job.as_ref().map(|j| j.state()).unwrap_or_default();
-                if matches!(
-                    state,
-                    pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
-                ) {
+                if job_ended(&view) {
                     return Ok(view);
                 }
                 describe_job(&view)

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::time::Duration;
+use surgery_core::layout;
 use surgery_e2e::*;
 use surgery_proto::error::decode;
 use surgery_proto::v1 as pb;
@@ -46,7 +47,7 @@ async fn lease_heartbeat_complete_and_progress_is_visible() {
     assert_eq!(task.task_id, format!("{}:capture/shard-0000", job.id));
     assert_eq!((task.attempt, task.rank, task.gang_size), (1, 0, 1));
     assert!(
-        task.job_root_url.ends_with(&format!("/jobs/{}", job.id)),
+        task.job_root_url.ends_with(&format!("/{}", layout::job_root(&job.id))),
         "{}",
         task.job_root_url
     );

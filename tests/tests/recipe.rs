@@ -433,7 +433,7 @@ async fn killed_workers_and_coordinator_change_nothing() {
                 break (t.id.clone(), holder.worker_id.clone(), step);
             }
         }
-        deadline.check(|| describe_job(&view)).unwrap();
+        deadline.check_job(&view).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let victim = cluster
@@ -448,10 +448,13 @@ async fn killed_workers_and_coordinator_change_nothing() {
     //    newest checkpoint: the resume must fall back to the one before (or the start).
     let deadline = Deadline::patient("the fine-tuning running with a complete checkpoint");
     let corrupted = loop {
-        let t = task_view(&mut jobs, &job, "finetune").await;
-        let newest = newest_checkpoint(&job_dir, layout::FINETUNE_DIR);
-        if let Some(t) = t.as_ref().filter(|t| t.state() == pb::TaskState::Running)
-            && let Some(step) = newest
+        let view = get_job(&mut jobs, &job).await.unwrap();
+        let running = view
+            .tasks
+            .iter()
+            .find(|t| t.id == "finetune" && t.state() == pb::TaskState::Running);
+        if let Some(t) = running
+            && let Some(step) = newest_checkpoint(&job_dir, layout::FINETUNE_DIR)
         {
             let member = t.holders.last().unwrap().worker_id.clone();
             let victim = cluster
@@ -462,9 +465,7 @@ async fn killed_workers_and_coordinator_change_nothing() {
             victim.kill();
             break step;
         }
-        deadline
-            .check(|| format!("task {t:?}, newest checkpoint {newest:?}"))
-            .unwrap();
+        deadline.check_job(&view).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let checkpoint_dir = layout::checkpoint_dir(layout::FINETUNE_DIR, corrupted);
@@ -557,7 +558,7 @@ async fn sigterm_checkpoints_and_releases_the_lease_as_a_preemption() {
         if let Some(t) = busy {
             break t.id.clone();
         }
-        deadline.check(|| describe_job(&view)).unwrap();
+        deadline.check_job(&view).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let status = cluster.workers[0].terminate().unwrap();
