@@ -266,6 +266,7 @@ impl Coordinator {
         loop {
             let mut child = Command::new(&self.binary)
                 .args(&extra)
+                .env_remove("SURGERY_CONFIG")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
