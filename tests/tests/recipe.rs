@@ -327,12 +327,12 @@ async fn task_view(
     get_job(jobs, job).await.ok()?.tasks.into_iter().find(|t| t.id == task)
 }
 
-/// The log line "resumed from the checkpoint at step N" of a task, if any.
-async fn resumed_at(
+/// Every log line of a task: (`unix_ms worker`, message).
+async fn task_logs(
     jobs: &mut surgery_proto::v1::job_service_client::JobServiceClient<tonic::transport::Channel>,
     job: &str,
     task: &str,
-) -> Vec<u64> {
+) -> Vec<(String, String)> {
     let mut stream = jobs
         .get_logs(pb::GetLogsRequest {
             job_id: job.into(),
@@ -344,18 +344,37 @@ async fn resumed_at(
         .unwrap()
         .into_inner();
     let deadline = Deadline::patient(format!("the end of {task}'s logs"));
-    let mut steps = Vec::new();
+    let mut lines = Vec::new();
     while let Some(line) = deadline
-        .within(stream.message(), || format!("resumed at {steps:?} so far"))
+        .within(stream.message(), || format!("{} lines so far", lines.len()))
         .await
         .unwrap()
         .unwrap()
     {
-        if let Some(step) = line.message.strip_prefix("resumed from the checkpoint at step ") {
-            steps.push(step.parse().unwrap());
-        }
+        lines.push((format!("{} {}", line.unix_ms, line.worker_id), line.message));
     }
-    steps
+    lines
+}
+
+/// The steps of a task's "resumed from the checkpoint at step N" log lines, in order,
+/// and all its lines for a failure message.
+async fn resumed_at(
+    jobs: &mut surgery_proto::v1::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    job: &str,
+    task: &str,
+) -> (Vec<u64>, String) {
+    let lines = task_logs(jobs, job, task).await;
+    let steps = lines
+        .iter()
+        .filter_map(|(_, m)| m.strip_prefix("resumed from the checkpoint at step "))
+        .map(|step| step.parse().unwrap())
+        .collect();
+    let text = lines
+        .iter()
+        .map(|(who, m)| format!("{who}: {m}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (steps, text)
 }
 
 /// What the storm test below needs of serde_json, in a millisecond: losses read back from
@@ -503,7 +522,7 @@ async fn killed_workers_and_coordinator_change_nothing() {
 
     // The killed distill task resumed from a checkpoint at least as new as the one that
     // was complete when it was killed: at most one interval was recomputed.
-    let resumed = resumed_at(&mut jobs, &job, &task).await;
+    let (resumed, logs) = resumed_at(&mut jobs, &job, &task).await;
     assert!(
         !resumed.is_empty(),
         "{task} never resumed from a checkpoint:\n{}",
@@ -511,14 +530,15 @@ async fn killed_workers_and_coordinator_change_nothing() {
     );
     assert!(
         resumed[0] >= checkpoint,
-        "{task} resumed at {} but step {checkpoint} was complete",
+        "{task} resumed at {} but step {checkpoint} was complete:\n{logs}",
         resumed[0]
     );
     // The fine-tuning did not load the corrupted checkpoint.
-    let resumed = resumed_at(&mut jobs, &job, "finetune").await;
+    let (resumed, logs) = resumed_at(&mut jobs, &job, "finetune").await;
     assert!(
         resumed.iter().all(|s| *s != corrupted),
-        "loaded the corrupted checkpoint at step {corrupted}"
+        "loaded the corrupted checkpoint at step {corrupted} (resumed at {resumed:?}):\n{logs}\n{}",
+        cluster.logs()
     );
     let finetune = view.tasks.iter().find(|t| t.id == "finetune").unwrap();
     assert!(
@@ -576,10 +596,10 @@ async fn sigterm_checkpoints_and_releases_the_lease_as_a_preemption() {
     cluster.add_worker("w-after");
     let view = wait_for_job(&mut jobs, &job, LIMIT).await.unwrap();
     assert_succeeded(&view, &cluster);
-    let resumed = resumed_at(&mut jobs, &job, &task).await;
+    let (resumed, logs) = resumed_at(&mut jobs, &job, &task).await;
     assert!(
         resumed.first().is_some_and(|s| *s >= 20),
-        "resumed at {resumed:?}:\n{}",
+        "resumed at {resumed:?}:\n{logs}\n{}",
         cluster.logs()
     );
 }
