@@ -445,10 +445,7 @@ impl FakeWorker {
         use surgery_core::results::*;
         let metrics: Vec<(&str, f64)> = match task.params.as_ref().and_then(|p| p.kind.as_ref()) {
             Some(pb::task_params::Kind::Distill(d)) => vec![
-                (
-                    HELDOUT_ERROR,
-                    0.1 + 0.01 * f64::from(d.block) + 0.001 * f64::from(d.rate),
-                ),
+                (HELDOUT_ERROR, fake_heldout_error(d.block, d.rate)),
                 (ATTENTION_MS, 5.0),
                 (SOFTMAX_ATTENTION_MS, 11.0),
             ],
@@ -456,6 +453,14 @@ impl FakeWorker {
         };
         self.complete(task, &metrics).await
     }
+}
+
+/// The held-out error [`FakeWorker::complete_like_a_worker`] reports for a distill task
+/// of `block` at rate code `rate`. Metrics read back bit for bit (serde_json's
+/// `float_roundtrip`), so tests compare with this value, not a decimal that reads
+/// close to it (block 0 at rate 2 is 0.10200000000000001, not 0.102).
+pub fn fake_heldout_error(block: u32, rate: u32) -> f64 {
+    0.1 + 0.01 * f64::from(block) + 0.001 * f64::from(rate)
 }
 
 /// The tiny CPU job of configs/, renamed and with overrides applied by string
