@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{closed_port_addr, repo_file, surgeryctl, temp_file};
+use common::{closed_port_addr, repo_file, surgeryctl, temp_file, temp_file_bytes};
 
 #[test]
 fn validate_accepts_the_tiny_config() {
@@ -86,6 +86,52 @@ fn validate_json_lists_the_errors() {
     assert_eq!(json["errors"][0]["path"], "surgery.rates[1]");
     assert_eq!(json["errors"][0]["column"], 14);
     assert_eq!(json["errors"][1]["path"], "resources.finetune_workers");
+}
+
+/// tiny.yaml with its name in Latin-1 (`café`, the é one byte 0xE9): not UTF-8. Returns
+/// the bytes and the line of the bad byte.
+fn latin1_spec() -> (Vec<u8>, usize) {
+    let tiny = std::fs::read_to_string(repo_file("configs/tiny.yaml")).unwrap();
+    let line = line_of(&tiny, "name: tiny");
+    let bytes = tiny.replacen("name: tiny", "name: caf\u{e9}", 1).into_bytes();
+    let bad = bytes.iter().position(|b| *b == 0xC3).expect("é in UTF-8 is C3 A9");
+    let latin1 = [&bytes[..bad], &[0xE9], &bytes[bad + 2..]].concat();
+    assert!(std::str::from_utf8(&latin1).is_err());
+    (latin1, line)
+}
+
+#[test]
+fn validate_of_a_file_that_is_not_utf8_is_an_invalid_spec() {
+    let (bytes, line) = latin1_spec();
+    let file = temp_file_bytes("latin1.yaml", &bytes);
+    let run = surgeryctl(&["validate", &file], &[]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+    // `name: caf` is 9 characters: the bad byte is column 10.
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: invalid job spec (1 error)\n\
+             {file}:{line}:10: (document): byte 0xe9 is not valid UTF-8; a spec must be UTF-8 text\n"
+        )
+    );
+
+    let run = surgeryctl(&["validate", &file, "-o", "json"], &[]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["valid"], false);
+    assert_eq!(json["errors"][0]["line"], line);
+    assert_eq!(json["errors"][0]["column"], 10);
+
+    // submit says the same, before connecting (the address is closed).
+    let run = surgeryctl(&["submit", &file, "--addr", &closed_port_addr()], &[]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("{file}:{line}:10: (document): byte 0xe9 is not valid UTF-8")),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests and benchmarks: start a real coordinator process on a
 //! free port with its own data folder, kill or stop it, and talk to it as a user
-//! (JobService) or as a worker (WorkerService) over real gRPC.
+//! (JobService) or as a worker (WorkerService) over real gRPC. Every wait has a
+//! [`Deadline`]: a test that waits for something that never happens fails, saying what it
+//! waited for and what it last saw, instead of hanging.
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -13,6 +15,115 @@ use surgery_proto::v1 as pb;
 use surgery_proto::v1::job_service_client::JobServiceClient;
 use surgery_proto::v1::worker_service_client::WorkerServiceClient;
 use tonic::transport::Channel;
+
+/// How long a test waits for something that should happen: minutes, so a slow or loaded
+/// machine never fails a test, while a hang still ends (and says what it waited for).
+pub const PATIENCE: Duration = Duration::from_secs(300);
+
+/// The end of a wait: past it, [`Deadline::check`] fails with what was awaited and the
+/// last state seen.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    what: String,
+    started: Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    /// A deadline `limit` from now for `what` ("a running distill task with a checkpoint").
+    pub fn after(limit: Duration, what: impl Into<String>) -> Deadline {
+        Deadline {
+            what: what.into(),
+            started: Instant::now(),
+            limit,
+        }
+    }
+
+    /// [`PATIENCE`] from now.
+    pub fn patient(what: impl Into<String>) -> Deadline {
+        Deadline::after(PATIENCE, what)
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.limit.saturating_sub(self.started.elapsed())
+    }
+
+    /// Ok while time is left; after, the failure naming what was awaited and `last_seen()`.
+    pub fn check(&self, last_seen: impl FnOnce() -> String) -> anyhow::Result<()> {
+        if self.started.elapsed() <= self.limit {
+            return Ok(());
+        }
+        Err(self.expired(&last_seen()))
+    }
+
+    /// `future`'s output, or the failure if it is not ready within the time left.
+    pub async fn within<T>(
+        &self,
+        future: impl Future<Output = T>,
+        last_seen: impl FnOnce() -> String,
+    ) -> anyhow::Result<T> {
+        tokio::time::timeout(self.remaining(), future)
+            .await
+            .map_err(|_| self.expired(&last_seen()))
+    }
+
+    /// [`Deadline::check`] for a wait on something a job does: fails at once when the job
+    /// has ended (what was awaited can no longer happen), and shows the job as last seen.
+    pub fn check_job(&self, view: &pb::GetJobResponse) -> anyhow::Result<()> {
+        if job_ended(view) {
+            bail!("the job ended while waiting for {}: {}", self.what, describe_job(view));
+        }
+        self.check(|| describe_job(view))
+    }
+
+    fn expired(&self, last_seen: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "gave up after {:.0?} waiting for {}; last seen: {last_seen}",
+            self.started.elapsed(),
+            self.what
+        )
+    }
+}
+
+/// Whether the job has succeeded, failed or been cancelled.
+pub fn job_ended(view: &pb::GetJobResponse) -> bool {
+    let state = view.job.as_ref().map(|j| j.state()).unwrap_or_default();
+    matches!(
+        state,
+        pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
+    )
+}
+
+/// One line per task of a job view, for failure messages: the job's state and reasons,
+/// then each task's state, step and holders.
+pub fn describe_job(view: &pb::GetJobResponse) -> String {
+    let mut out = match &view.job {
+        Some(job) => format!(
+            "job {} {:?} (pending: {:?}, failure: {:?})",
+            job.id,
+            job.state(),
+            job.pending_reason,
+            job.failure
+        ),
+        None => "no job in the answer".to_string(),
+    };
+    for task in &view.tasks {
+        let step = task
+            .progress
+            .as_ref()
+            .map(|p| format!(" step {}/{}", p.step, p.total_steps))
+            .unwrap_or_default();
+        let holders: Vec<&str> = task.holders.iter().map(|h| h.worker_id.as_str()).collect();
+        out.push_str(&format!(
+            "\n  {} {:?} attempt {}{step} {holders:?} {}",
+            task.id,
+            task.state(),
+            task.attempt,
+            task.failure
+        ));
+    }
+    out
+}
 
 /// A coordinator running as a child process.
 pub struct Coordinator {
@@ -53,7 +164,7 @@ impl Coordinator {
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--object-store-url".into(),
-            format!("file://{}/objects", data_dir.display()),
+            format!("file://{}", object_root(data_dir).display()),
             "--log-format".into(),
             "json".into(),
         ];
@@ -84,7 +195,7 @@ impl Coordinator {
                 }
             });
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Deadline::patient(format!("{} to serve", binary.display()));
         loop {
             if let Ok(addr) = addr_rx.recv_timeout(Duration::from_millis(50)) {
                 return Ok(Coordinator {
@@ -102,11 +213,17 @@ impl Coordinator {
                     log.lock().unwrap().join("\n")
                 );
             }
-            if Instant::now() > deadline {
+            if let Err(e) = deadline.check(|| format!("its log:\n{}", log.lock().unwrap().join("\n"))) {
                 let _ = child.kill();
-                bail!("coordinator did not start in 30 s:\n{}", log.lock().unwrap().join("\n"));
+                return Err(e);
             }
         }
+    }
+
+    /// The root of its object store (`--object-store-url`); a job's objects are under
+    /// `surgery_core::layout::job_root(job)` there.
+    pub fn object_root(&self) -> PathBuf {
+        object_root(&self.data_dir)
     }
 
     pub fn url(&self) -> String {
@@ -129,14 +246,12 @@ impl Coordinator {
             nix::unistd::Pid::from_raw(self.pid()),
             nix::sys::signal::Signal::SIGTERM,
         )?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Deadline::patient("the coordinator to exit after SIGTERM");
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
             }
-            if Instant::now() > deadline {
-                bail!("coordinator ignored SIGTERM for 30 s");
-            }
+            deadline.check(|| format!("still running; its log:\n{}", self.log.lock().unwrap().join("\n")))?;
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -146,10 +261,12 @@ impl Coordinator {
         let mut extra: Vec<String> = self.args.clone();
         let listen = extra.iter().position(|a| a == "--listen").expect("listen flag") + 1;
         extra[listen] = self.addr.to_string();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Deadline::patient(format!("the coordinator to serve again on {}", self.addr));
+        let log_text = |log: &Arc<Mutex<Vec<String>>>| format!("its log:\n{}", log.lock().unwrap().join("\n"));
         loop {
             let mut child = Command::new(&self.binary)
                 .args(&extra)
+                .env_remove("SURGERY_CONFIG")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -173,11 +290,13 @@ impl Coordinator {
                 if child.try_wait()?.is_some() {
                     break;
                 }
+                if let Err(e) = deadline.check(|| log_text(&self.log)) {
+                    let _ = child.kill();
+                    return Err(e);
+                }
             }
             // The port may linger for a moment after a kill; try again.
-            if Instant::now() > deadline {
-                bail!("coordinator did not restart:\n{}", self.log.lock().unwrap().join("\n"));
-            }
+            deadline.check(|| format!("the new process exited; {}", log_text(&self.log)))?;
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -326,10 +445,7 @@ impl FakeWorker {
         use surgery_core::results::*;
         let metrics: Vec<(&str, f64)> = match task.params.as_ref().and_then(|p| p.kind.as_ref()) {
             Some(pb::task_params::Kind::Distill(d)) => vec![
-                (
-                    HELDOUT_ERROR,
-                    0.1 + 0.01 * f64::from(d.block) + 0.001 * f64::from(d.rate),
-                ),
+                (HELDOUT_ERROR, fake_heldout_error(d.block, d.rate)),
                 (ATTENTION_MS, 5.0),
                 (SOFTMAX_ATTENTION_MS, 11.0),
             ],
@@ -337,6 +453,14 @@ impl FakeWorker {
         };
         self.complete(task, &metrics).await
     }
+}
+
+/// The held-out error [`FakeWorker::complete_like_a_worker`] reports for a distill task
+/// of `block` at rate code `rate`. Metrics read back bit for bit (serde_json's
+/// `float_roundtrip`), so tests compare with this value, not a decimal that reads
+/// close to it (block 0 at rate 2 is 0.10200000000000001, not 0.102).
+pub fn fake_heldout_error(block: u32, rate: u32) -> f64 {
+    0.1 + 0.01 * f64::from(block) + 0.001 * f64::from(rate)
 }
 
 /// The tiny CPU job of configs/, renamed and with overrides applied by string
@@ -373,24 +497,6 @@ pub async fn get_job(jobs: &mut JobServiceClient<Channel>, job_id: &str) -> anyh
         })
         .await?
         .into_inner())
-}
-
-/// Polls until `check` holds (or 30 s pass); for state that changes asynchronously.
-pub async fn eventually<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A worker (`surgery-worker run`) as a child process, logging to a file.
@@ -476,26 +582,25 @@ pub fn tiny_job(worker: &Path, dir: &Path, name: &str, replacements: &[(&str, &s
     Ok(tiny_spec(name, &all))
 }
 
-/// Polls the job until it ends (or `limit` passes) and returns its final view.
+/// Polls the job until it ends (or `limit` passes) and returns its final view; past the
+/// limit the failure shows the last view (or the last error of GetJob).
 pub async fn wait_for_job(
     jobs: &mut JobServiceClient<Channel>,
     job_id: &str,
     limit: Duration,
 ) -> anyhow::Result<pb::GetJobResponse> {
-    let deadline = Instant::now() + limit;
+    let deadline = Deadline::after(limit, format!("job {job_id} to end"));
     loop {
-        if let Ok(view) = get_job(jobs, job_id).await {
-            let state = view.job.as_ref().map(|j| j.state()).unwrap_or_default();
-            if matches!(
-                state,
-                pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
-            ) {
-                return Ok(view);
+        let last_seen = match get_job(jobs, job_id).await {
+            Ok(view) => {
+                if job_ended(&view) {
+                    return Ok(view);
+                }
+                describe_job(&view)
             }
-        }
-        if Instant::now() > deadline {
-            bail!("job {job_id} did not end within {limit:?}");
-        }
+            Err(e) => format!("GetJob failed: {e:#}"),
+        };
+        deadline.check(|| last_seen)?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -507,15 +612,18 @@ impl WorkerProcess {
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Deadline::patient(format!("worker {} to exit after SIGTERM", self.name));
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
             }
-            if Instant::now() > deadline {
-                bail!("worker {} ignored SIGTERM for 60 s", self.name);
-            }
+            deadline.check(|| format!("still running; its log:\n{}", self.log_text()))?;
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Where a coordinator started with `data_dir` keeps its object store.
+fn object_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("objects")
 }

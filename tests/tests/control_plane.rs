@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::time::Duration;
+use surgery_core::layout;
 use surgery_e2e::*;
 use surgery_proto::error::decode;
 use surgery_proto::v1 as pb;
@@ -46,7 +47,7 @@ async fn lease_heartbeat_complete_and_progress_is_visible() {
     assert_eq!(task.task_id, format!("{}:capture/shard-0000", job.id));
     assert_eq!((task.attempt, task.rank, task.gang_size), (1, 0, 1));
     assert!(
-        task.job_root_url.ends_with(&format!("/jobs/{}", job.id)),
+        task.job_root_url.ends_with(&format!("/{}", layout::job_root(&job.id))),
         "{}",
         task.job_root_url
     );
@@ -96,6 +97,8 @@ async fn expired_lease_is_requeued_and_the_stale_attempt_fenced() {
 
     // w1 stops heartbeating; after the 2 s TTL the task is requeued as attempt 2.
     let mut w2 = FakeWorker::register(&coordinator, "w2", "cpu", 1).await.unwrap();
+    let deadline = Deadline::patient(format!("w2 to lease {} again", first.task_id));
+    let mut leased = Vec::new();
     let second = loop {
         let got = w2.lease(0, 3000).await.unwrap().expect("some task");
         if got.task_id == first.task_id {
@@ -104,6 +107,10 @@ async fn expired_lease_is_requeued_and_the_stale_attempt_fenced() {
         // w2 may get the other shard first; hold it and ask again.
         w2.heartbeat(&got, 0, &[]).await.unwrap();
         w2.complete(&got, &[]).await.unwrap();
+        leased.push(got.task_id);
+        deadline
+            .check(|| format!("w2 leased and completed {leased:?}"))
+            .unwrap();
     };
     assert_eq!(second.attempt, 2);
     let view = get_job(&mut jobs, &job.id).await.unwrap();
@@ -129,6 +136,8 @@ async fn expired_lease_is_requeued_and_the_stale_attempt_fenced() {
 
 /// Drives the tiny job through capture and distill with `worker`, so the gang stage is next.
 async fn run_to_finetune(worker: &mut FakeWorker) {
+    let deadline = Deadline::patient("the last distill task, distill/block-01/rate-linear");
+    let mut completed = Vec::new();
     loop {
         let task = worker.lease(0, 3000).await.unwrap().expect("a task");
         if task.stage() == pb::Stage::Finetune {
@@ -138,6 +147,8 @@ async fn run_to_finetune(worker: &mut FakeWorker) {
         if task.task_id.ends_with("distill/block-01/rate-linear") {
             return;
         }
+        completed.push(task.task_id);
+        deadline.check(|| format!("completed {completed:?}")).unwrap();
     }
 }
 
@@ -217,11 +228,13 @@ async fn gang_is_leased_all_or_nothing_and_requeued_whole() {
     );
 
     // Rank 1 goes silent; rank 0 keeps beating. The whole gang is requeued.
+    let deadline = Deadline::patient("rank 0 to be told to stop once rank 1 went silent");
     let stop = loop {
         let beat = w_rank0.heartbeat(rank0, 1, &[]).await.unwrap();
-        if let Some(stop) = beat.stop.into_iter().next() {
-            break stop;
+        if let Some(stop) = beat.stop.first() {
+            break stop.clone();
         }
+        deadline.check(|| format!("heartbeat answer {beat:?}")).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert!(stop.reason.contains("the task was requeued"), "{}", stop.reason);
@@ -457,9 +470,13 @@ async fn collect_events(
         .await
         .unwrap()
         .into_inner();
-    let mut events = Vec::new();
+    let deadline = Deadline::patient(format!("job {job_id}'s event history to end (500 ms without an event)"));
+    let mut events: Vec<pb::JobEvent> = Vec::new();
     while let Ok(Ok(Some(event))) = tokio::time::timeout(Duration::from_millis(500), stream.message()).await {
         events.push(event);
+        deadline
+            .check(|| format!("{} events, the last {:?}", events.len(), events.last()))
+            .unwrap();
     }
     events
 }
@@ -513,8 +530,14 @@ async fn watch_streams_events_until_the_job_ends() {
         .fail(&task, pb::FailureClass::Fatal, "NaN loss at step 3")
         .await
         .unwrap();
+    let deadline = Deadline::patient("the event stream to end with the job");
     let mut kinds = Vec::new();
-    while let Some(event) = stream.message().await.unwrap() {
+    while let Some(event) = deadline
+        .within(stream.message(), || format!("events {kinds:?}"))
+        .await
+        .unwrap()
+        .unwrap()
+    {
         kinds.push((event.kind.clone(), event.task_id.clone()));
         if event.task_id.is_empty() && event.kind == "failed" {
             assert!(event.message.contains("NaN loss at step 3"), "{}", event.message);

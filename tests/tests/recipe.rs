@@ -1,15 +1,21 @@
 //! The whole recipe on real processes: a coordinator, CPU workers, the tiny teacher.
 //! Every stage runs; the export is checked against its report; workers and the
 //! coordinator are SIGKILLed mid-job and the job still finishes with the loss curves of
-//! an undisturbed run; fine-tuning on two workers equals one worker.
+//! an undisturbed run, byte for byte; fine-tuning on two workers equals one worker.
+//! Objects are found through `surgery_core::layout`, never by spelling their paths; every
+//! wait has a [`Deadline`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use surgery_core::layout;
+use surgery_core::rate::Rate;
+use surgery_core::spec::JobSpec;
 use surgery_e2e::*;
 use surgery_proto::v1 as pb;
 use surgery_worker::model::weights;
 use surgery_worker::stages::export::{probe, probe_shape};
+use surgery_worker::storage::checkpoint::MANIFEST_FILE;
 use surgery_worker::student::Student;
 use tch::{Device, Kind};
 
@@ -21,7 +27,11 @@ fn worker_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_e2e-worker"))
 }
 
-const LIMIT: Duration = Duration::from_secs(240);
+/// How long a job may take before the test gives up on it: a stuck job, not a slow one.
+const LIMIT: Duration = Duration::from_secs(900);
+
+/// The file a fine-tuning checkpoint keeps its state in (worker/src/stages/finetune.rs).
+const FINETUNE_STATE_FILE: &str = "state.safetensors";
 
 struct Cluster {
     coordinator: Coordinator,
@@ -42,8 +52,9 @@ impl Cluster {
         }
     }
 
+    /// The folder of `job`'s objects: every `layout` path of the job is relative to it.
     fn job_dir(&self, job: &str) -> PathBuf {
-        self.dir.join("coordinator/objects/jobs").join(job)
+        self.coordinator.object_root().join(layout::job_root(job))
     }
 
     fn add_worker(&mut self, name: &str) {
@@ -83,30 +94,96 @@ fn assert_succeeded(view: &pb::GetJobResponse, cluster: &Cluster) {
     assert!(view.tasks.iter().all(|t| t.state() == pb::TaskState::Succeeded));
 }
 
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Every loss curve of a job: each distill task's and the fine-tuning's.
-fn loss_curves(job_dir: &Path) -> BTreeMap<String, Vec<f64>> {
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&read(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A loss curve as the job wrote it: each number's text, and the values parsed from it.
+#[derive(Debug)]
+struct Curve {
+    written: Vec<String>,
+    values: Vec<f64>,
+}
+
+/// The curve in the JSON file at `path`: the array under `key`, or the document itself
+/// when `key` is `None`. The numbers' text is taken verbatim, so a value that reads back
+/// the same but was written differently (the last digit of a float that did not round
+/// trip) still differs.
+fn curve(path: &Path, key: Option<&str>) -> Curve {
+    let bytes = read(path);
+    let text = std::str::from_utf8(&bytes).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+    let (array, from) = match key {
+        Some(key) => (&doc[key], text.find(&format!("\"{key}\"")).expect("the key")),
+        None => (&doc, 0),
+    };
+    let open = from + text[from..].find('[').expect("an array");
+    let close = open + text[open..].find(']').expect("a flat array");
+    let written: Vec<String> = text[open + 1..close]
+        .split(',')
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let values: Vec<f64> = serde_json::from_value(array.clone())
+        .unwrap_or_else(|e| panic!("{}: {key:?} is not a list of numbers: {e}", path.display()));
+    assert_eq!(written.len(), values.len(), "{}: {written:?}", path.display());
+    Curve { written, values }
+}
+
+/// Every loss curve of a finished job, by name: each distill task's (from its result) and
+/// the fine-tuning's, each checked to have one value per step of the spec.
+fn loss_curves(job_dir: &Path, view: &pb::GetJobResponse, spec: &JobSpec) -> BTreeMap<String, Curve> {
     let mut curves = BTreeMap::new();
-    for block in std::fs::read_dir(job_dir.join("distill")).unwrap() {
-        let block = block.unwrap().path();
-        for rate in std::fs::read_dir(&block).unwrap() {
-            let rate = rate.unwrap().path();
-            let result = json(&rate.join("result.json"));
-            let curve: Vec<f64> = serde_json::from_value(result["loss_curve"].clone()).unwrap();
-            let name = format!(
-                "{}/{}",
-                block.file_name().unwrap().to_string_lossy(),
-                rate.file_name().unwrap().to_string_lossy()
+    for task in &view.tasks {
+        let Some(pb::task_params::Kind::Distill(d)) = task.params.as_ref().and_then(|p| p.kind.as_ref()) else {
+            continue;
+        };
+        let path = layout::distill_result(d.block, Rate::from_code(d.rate));
+        let result = curve(&job_dir.join(&path), Some("loss_curve"));
+        assert_eq!(result.values.len(), spec.stages.distill.steps as usize, "{path}");
+        curves.insert(path, result);
+    }
+    assert!(
+        !curves.is_empty(),
+        "the job has no distill task:\n{}",
+        describe_job(view)
+    );
+    let finetune = curve(&job_dir.join(layout::FINETUNE_LOSS_CURVE), None);
+    assert_eq!(finetune.values.len(), spec.stages.finetune.steps as usize);
+    curves.insert(layout::FINETUNE_LOSS_CURVE.to_string(), finetune);
+    curves
+}
+
+/// `a` and `b` hold the same curves, the same length each, and `differs` finds nothing
+/// at any step (given each side's written text and value); fails at the first step where
+/// it does, naming the curve and saying why.
+fn compare_curves(
+    a: &BTreeMap<String, Curve>,
+    b: &BTreeMap<String, Curve>,
+    differs: impl Fn((&str, f64), (&str, f64)) -> Option<String>,
+) {
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "the two jobs wrote different curves"
+    );
+    for (name, x) in a {
+        let y = &b[name];
+        assert_eq!(x.values.len(), y.values.len(), "{name}: lengths differ");
+        for step in 0..x.values.len() {
+            let (xs, ys) = (
+                (x.written[step].as_str(), x.values[step]),
+                (y.written[step].as_str(), y.values[step]),
             );
-            curves.insert(name, curve);
+            if let Some(why) = differs(xs, ys) {
+                panic!("{name} step {step}: {why}");
+            }
         }
     }
-    let finetune: Vec<f64> = serde_json::from_value(json(&job_dir.join("finetune/loss_curve.json"))).unwrap();
-    curves.insert("finetune".into(), finetune);
-    curves
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +197,7 @@ async fn tiny_recipe_end_to_end_on_two_workers() {
     assert_eq!(finetune.result_metrics["workers"], 2.0, "the gang had two workers");
 
     let job_dir = cluster.job_dir(&job);
-    let report = json(&job_dir.join("export/report.json"));
+    let report = json(&job_dir.join(layout::EXPORT_REPORT));
     // The knapsack kept attention within the 0.8 budget.
     assert!(
         report["attention_flops"]["saved_fraction"].as_f64().unwrap() >= 0.2 - 1e-9,
@@ -144,9 +221,9 @@ async fn tiny_recipe_end_to_end_on_two_workers() {
 
     // The export loads, and its measured numbers are the report's.
     surgery_worker::runtime::init();
-    let student = Student::load(&job_dir.join("export"), Device::Cpu, Kind::Float).unwrap();
+    let student = Student::load(&job_dir.join(layout::EXPORT_DIR), Device::Cpu, Kind::Float).unwrap();
     let (_vs, teacher) = weights::load(&dir.path().join("models/tiny-teacher"), Device::Cpu, Kind::Float).unwrap();
-    let spec = surgery_core::spec::JobSpec::parse(&yaml).unwrap();
+    let spec = JobSpec::parse(&yaml).unwrap();
     let prompts = weights::read_safetensors(&dir.path().join("data/prompts.safetensors")).unwrap();
     let text = prompts["prompt_embeds"].narrow(0, 0, 1);
     let (mean_abs, rel) = probe(&student.model, &teacher, &text, probe_shape(&spec));
@@ -166,7 +243,7 @@ async fn tiny_recipe_end_to_end_on_two_workers() {
         .iter()
         .map(|b| b["rate"].as_u64().unwrap())
         .collect();
-    let layout: Vec<u64> = view
+    let selected: Vec<u64> = view
         .job
         .as_ref()
         .unwrap()
@@ -174,9 +251,9 @@ async fn tiny_recipe_end_to_end_on_two_workers() {
         .iter()
         .map(|b| u64::from(b.rate))
         .collect();
-    assert_eq!(rates, layout, "the export has the selected layout");
+    assert_eq!(rates, selected, "the export has the selected layout");
 
-    let evaluate = json(&job_dir.join("evaluate/report.json"));
+    let evaluate = json(&job_dir.join(layout::EVALUATE_REPORT));
     assert!(evaluate["mean"]["latent_psnr_db"].as_f64().unwrap().is_finite());
 }
 
@@ -192,32 +269,31 @@ async fn fine_tuning_on_two_workers_equals_one() {
         &[("finetune_workers: 2", "finetune_workers: 1")],
     )
     .unwrap();
-    let (job_two, view) = run_job(&cluster, &two).await;
-    assert_succeeded(&view, &cluster);
-    let (job_one, view) = run_job(&cluster, &one).await;
-    assert_succeeded(&view, &cluster);
+    let (job_two, view_two) = run_job(&cluster, &two).await;
+    assert_succeeded(&view_two, &cluster);
+    let (job_one, view_one) = run_job(&cluster, &one).await;
+    assert_succeeded(&view_one, &cluster);
 
+    let spec = JobSpec::parse(&one).unwrap();
     let (a, b) = (
-        loss_curves(&cluster.job_dir(&job_one)),
-        loss_curves(&cluster.job_dir(&job_two)),
+        loss_curves(&cluster.job_dir(&job_one), &view_one, &spec),
+        loss_curves(&cluster.job_dir(&job_two), &view_two, &spec),
     );
-    assert_eq!(a.len(), b.len());
-    for (name, curve) in &a {
-        let other = &b[name];
-        assert_eq!(curve.len(), other.len(), "{name}");
-        for (step, (x, y)) in curve.iter().zip(other).enumerate() {
-            let tol = 1e-4 * x.abs().max(1.0);
-            assert!(
-                (x - y).abs() <= tol,
-                "{name} step {step}: one worker {x}, two workers {y}"
-            );
-        }
-    }
+    compare_curves(&a, &b, |(_, x), (_, y)| {
+        let tol = 1e-4 * x.abs().max(1.0);
+        ((x - y).abs() > tol).then(|| format!("one worker {x}, two workers {y}"))
+    });
     surgery_worker::runtime::init();
     let load = |job: &str| {
-        weights::read_safetensors(&cluster.job_dir(job).join("export/diffusion_pytorch_model.safetensors")).unwrap()
+        let weights = layout::in_dir(layout::EXPORT_DIR, weights::WEIGHTS_FILE);
+        weights::read_safetensors(&cluster.job_dir(job).join(weights)).unwrap()
     };
     let (wa, wb) = (load(&job_one), load(&job_two));
+    assert_eq!(
+        wa.keys().collect::<Vec<_>>(),
+        wb.keys().collect::<Vec<_>>(),
+        "the exports hold different tensors"
+    );
     for (name, x) in &wa {
         let y = &wb[name];
         let diff = (x - y).abs().max().double_value(&[]);
@@ -226,13 +302,20 @@ async fn fine_tuning_on_two_workers_equals_one() {
     }
 }
 
-/// The highest complete checkpoint step under `dir` (a step folder with its manifest).
-fn newest_checkpoint(dir: &Path) -> Option<u64> {
-    std::fs::read_dir(dir)
+/// The highest complete checkpoint step of the checkpoint folder `dir` (job-relative) of
+/// the job at `job_dir`: a step folder, named as `layout::checkpoint_dir` names it, with
+/// its manifest.
+fn newest_checkpoint(job_dir: &Path, dir: &str) -> Option<u64> {
+    std::fs::read_dir(job_dir.join(dir))
         .ok()?
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("manifest.json").exists())
-        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step: u64 = name.strip_prefix("step-")?.parse().ok()?;
+            let folder = layout::checkpoint_dir(dir, step);
+            (folder.ends_with(&format!("/{name}")) && job_dir.join(&folder).join(MANIFEST_FILE).exists())
+                .then_some(step)
+        })
         .max()
 }
 
@@ -244,12 +327,12 @@ async fn task_view(
     get_job(jobs, job).await.ok()?.tasks.into_iter().find(|t| t.id == task)
 }
 
-/// The log line "resumed from the checkpoint at step N" of a task, if any.
-async fn resumed_at(
+/// Every log line of a task: (`unix_ms worker`, message).
+async fn task_logs(
     jobs: &mut surgery_proto::v1::job_service_client::JobServiceClient<tonic::transport::Channel>,
     job: &str,
     task: &str,
-) -> Vec<u64> {
+) -> Vec<(String, String)> {
     let mut stream = jobs
         .get_logs(pb::GetLogsRequest {
             job_id: job.into(),
@@ -260,13 +343,74 @@ async fn resumed_at(
         .await
         .unwrap()
         .into_inner();
-    let mut steps = Vec::new();
-    while let Some(line) = stream.message().await.unwrap() {
-        if let Some(step) = line.message.strip_prefix("resumed from the checkpoint at step ") {
-            steps.push(step.parse().unwrap());
-        }
+    let deadline = Deadline::patient(format!("the end of {task}'s logs"));
+    let mut lines = Vec::new();
+    while let Some(line) = deadline
+        .within(stream.message(), || format!("{} lines so far", lines.len()))
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        lines.push((format!("{} {}", line.unix_ms, line.worker_id), line.message));
     }
-    steps
+    lines
+}
+
+/// The steps of a task's "resumed from the checkpoint at step N" log lines, in order,
+/// and all its lines for a failure message.
+async fn resumed_at(
+    jobs: &mut surgery_proto::v1::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    job: &str,
+    task: &str,
+) -> (Vec<u64>, String) {
+    let lines = task_logs(jobs, job, task).await;
+    let steps = lines
+        .iter()
+        .filter_map(|(_, m)| m.strip_prefix("resumed from the checkpoint at step "))
+        .map(|step| step.parse().unwrap())
+        .collect();
+    let text = lines
+        .iter()
+        .map(|(who, m)| format!("{who}: {m}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (steps, text)
+}
+
+/// What the storm test below needs of serde_json, in a millisecond: losses read back from
+/// a checkpoint's JSON meta (bytes, then a `Value`, then the curve) are the values that
+/// were written, bit for bit, so re-serialising them writes the same text. Without
+/// serde_json's `float_roundtrip` feature about one f32 loss in eight comes back one ulp
+/// off; these are some that do.
+#[test]
+fn losses_read_back_from_json_bit_for_bit() {
+    // f32 losses widened to f64 (as the stages record them), then one plain f64.
+    let losses = [
+        0.098_359_964_787_960_05,
+        1.924_513_697_624_206_5,
+        0.115_337_580_442_428_59,
+        0.401_406_049_728_393_55,
+        0.415_037_244_558_334_35,
+        1.409_571_486_404_892_3,
+    ];
+    for loss in &losses[..5] {
+        assert_eq!(f64::from(*loss as f32), *loss, "{loss} is an f32 value");
+    }
+    let written = serde_json::to_vec(&serde_json::json!({ "loss_curve": losses })).unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&written).unwrap();
+    let read: Vec<f64> = serde_json::from_value(meta["loss_curve"].clone()).unwrap();
+    for (wrote, got) in losses.iter().zip(&read) {
+        assert_eq!(
+            wrote.to_bits(),
+            got.to_bits(),
+            "wrote {wrote}, read back {got}: is serde_json's float_roundtrip feature on?"
+        );
+    }
+    assert_eq!(read.len(), losses.len());
+    assert_eq!(
+        serde_json::to_vec(&serde_json::json!({ "loss_curve": read })).unwrap(),
+        written
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,8 +426,8 @@ async fn killed_workers_and_coordinator_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 2);
     let undisturbed_yaml = tiny_job(worker_bin(), dir.path(), "calm", &bigger).unwrap();
-    let (calm, view) = run_job(&cluster, &undisturbed_yaml).await;
-    assert_succeeded(&view, &cluster);
+    let (calm, calm_view) = run_job(&cluster, &undisturbed_yaml).await;
+    assert_succeeded(&calm_view, &cluster);
 
     let yaml = tiny_job(worker_bin(), dir.path(), "storm", &bigger).unwrap();
     let mut jobs = cluster.coordinator.jobs().await.unwrap();
@@ -291,6 +435,7 @@ async fn killed_workers_and_coordinator_change_nothing() {
     let job_dir = cluster.job_dir(&job);
 
     // 1. SIGKILL the worker of a distill task once it has a checkpoint.
+    let deadline = Deadline::patient("a running distill task with a complete checkpoint");
     let (task, holder, checkpoint) = loop {
         let view = get_job(&mut jobs, &job).await.unwrap();
         let running = view
@@ -299,19 +444,15 @@ async fn killed_workers_and_coordinator_change_nothing() {
             .find(|t| t.stage() == pb::Stage::Distill && t.state() == pb::TaskState::Running);
         if let Some(t) = running {
             let (block, rate) = match t.params.as_ref().and_then(|p| p.kind.as_ref()) {
-                Some(pb::task_params::Kind::Distill(d)) => (d.block, d.rate),
+                Some(pb::task_params::Kind::Distill(d)) => (d.block, Rate::from_code(d.rate)),
                 _ => unreachable!(),
             };
-            let rate = if rate == 0 {
-                "linear".to_string()
-            } else {
-                rate.to_string()
-            };
-            let dir = job_dir.join(format!("distill/block-{block:02}/rate-{rate}"));
-            if let (Some(step), Some(holder)) = (newest_checkpoint(&dir), t.holders.first()) {
+            let dir = layout::distill_dir(block, rate);
+            if let (Some(step), Some(holder)) = (newest_checkpoint(&job_dir, &dir), t.holders.first()) {
                 break (t.id.clone(), holder.worker_id.clone(), step);
             }
         }
+        deadline.check_job(&view).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let victim = cluster
@@ -324,11 +465,15 @@ async fn killed_workers_and_coordinator_change_nothing() {
 
     // 2. SIGKILL a fine-tuning gang member once there is a checkpoint, and corrupt that
     //    newest checkpoint: the resume must fall back to the one before (or the start).
-    let finetune_dir = job_dir.join("finetune");
+    let deadline = Deadline::patient("the fine-tuning running with a complete checkpoint");
     let corrupted = loop {
-        let t = task_view(&mut jobs, &job, "finetune").await;
-        if let Some(t) = t.filter(|t| t.state() == pb::TaskState::Running)
-            && let Some(step) = newest_checkpoint(&finetune_dir)
+        let view = get_job(&mut jobs, &job).await.unwrap();
+        let running = view
+            .tasks
+            .iter()
+            .find(|t| t.id == "finetune" && t.state() == pb::TaskState::Running);
+        if let Some(t) = running
+            && let Some(step) = newest_checkpoint(&job_dir, layout::FINETUNE_DIR)
         {
             let member = t.holders.last().unwrap().worker_id.clone();
             let victim = cluster
@@ -339,9 +484,11 @@ async fn killed_workers_and_coordinator_change_nothing() {
             victim.kill();
             break step;
         }
+        deadline.check_job(&view).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let state = finetune_dir.join(format!("step-{corrupted:010}/state.safetensors"));
+    let checkpoint_dir = layout::checkpoint_dir(layout::FINETUNE_DIR, corrupted);
+    let state = job_dir.join(layout::in_dir(&checkpoint_dir, FINETUNE_STATE_FILE));
     let mut bytes = std::fs::read(&state).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xFF;
@@ -355,16 +502,27 @@ async fn killed_workers_and_coordinator_change_nothing() {
     let view = wait_for_job(&mut jobs, &job, LIMIT).await.unwrap();
     assert_succeeded(&view, &cluster);
 
-    // The disturbed run's every loss curve equals the undisturbed one, bit for bit.
-    let (calm_curves, storm_curves) = (loss_curves(&cluster.job_dir(&calm)), loss_curves(&job_dir));
+    // The disturbed run's every loss curve equals the undisturbed one, byte for byte as
+    // written (a resumed run re-serialises the curve it read from its checkpoint) and bit
+    // for bit as read.
+    let spec = JobSpec::parse(&yaml).unwrap();
+    let (calm_curves, storm_curves) = (
+        loss_curves(&cluster.job_dir(&calm), &calm_view, &spec),
+        loss_curves(&job_dir, &view, &spec),
+    );
+    compare_curves(&calm_curves, &storm_curves, |(calm_text, x), (storm_text, y)| {
+        (calm_text != storm_text || x.to_bits() != y.to_bits())
+            .then(|| format!("the undisturbed run wrote {calm_text} ({x:e}), the disturbed one {storm_text} ({y:e})"))
+    });
     assert_eq!(
-        calm_curves, storm_curves,
-        "resumed loss curves differ from the undisturbed run"
+        read(&cluster.job_dir(&calm).join(layout::FINETUNE_LOSS_CURVE)),
+        read(&job_dir.join(layout::FINETUNE_LOSS_CURVE)),
+        "the fine-tuning loss curves differ as files"
     );
 
     // The killed distill task resumed from a checkpoint at least as new as the one that
     // was complete when it was killed: at most one interval was recomputed.
-    let resumed = resumed_at(&mut jobs, &job, &task).await;
+    let (resumed, logs) = resumed_at(&mut jobs, &job, &task).await;
     assert!(
         !resumed.is_empty(),
         "{task} never resumed from a checkpoint:\n{}",
@@ -372,14 +530,15 @@ async fn killed_workers_and_coordinator_change_nothing() {
     );
     assert!(
         resumed[0] >= checkpoint,
-        "{task} resumed at {} but step {checkpoint} was complete",
+        "{task} resumed at {} but step {checkpoint} was complete:\n{logs}",
         resumed[0]
     );
     // The fine-tuning did not load the corrupted checkpoint.
-    let resumed = resumed_at(&mut jobs, &job, "finetune").await;
+    let (resumed, logs) = resumed_at(&mut jobs, &job, "finetune").await;
     assert!(
         resumed.iter().all(|s| *s != corrupted),
-        "loaded the corrupted checkpoint at step {corrupted}"
+        "loaded the corrupted checkpoint at step {corrupted} (resumed at {resumed:?}):\n{logs}\n{}",
+        cluster.logs()
     );
     let finetune = view.tasks.iter().find(|t| t.id == "finetune").unwrap();
     assert!(
@@ -408,6 +567,7 @@ async fn sigterm_checkpoints_and_releases_the_lease_as_a_preemption() {
     let mut jobs = cluster.coordinator.jobs().await.unwrap();
     let job = submit(&mut jobs, "term", &yaml).await.unwrap().job.unwrap().id;
     // Wait for a distill task well under way (no periodic checkpoint: every 1000 steps).
+    let deadline = Deadline::patient("a distill task running at step 20 or later");
     let task = loop {
         let view = get_job(&mut jobs, &job).await.unwrap();
         let busy = view.tasks.iter().find(|t| {
@@ -418,6 +578,7 @@ async fn sigterm_checkpoints_and_releases_the_lease_as_a_preemption() {
         if let Some(t) = busy {
             break t.id.clone();
         }
+        deadline.check_job(&view).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let status = cluster.workers[0].terminate().unwrap();
@@ -435,10 +596,10 @@ async fn sigterm_checkpoints_and_releases_the_lease_as_a_preemption() {
     cluster.add_worker("w-after");
     let view = wait_for_job(&mut jobs, &job, LIMIT).await.unwrap();
     assert_succeeded(&view, &cluster);
-    let resumed = resumed_at(&mut jobs, &job, &task).await;
+    let (resumed, logs) = resumed_at(&mut jobs, &job, &task).await;
     assert!(
         resumed.first().is_some_and(|s| *s >= 20),
-        "resumed at {resumed:?}:\n{}",
+        "resumed at {resumed:?}:\n{logs}\n{}",
         cluster.logs()
     );
 }

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use surgery_worker::attention::SelfAttention;
+use surgery_worker::attention::feature_map::FeatureMapConfig;
+use surgery_worker::attention::hybrid::{AnchorPattern, HybridAttention, HybridConfig, Normaliser, Rate};
 use surgery_worker::model::weights::{self, INDEX_FILE, WEIGHTS_FILE, WeightsError};
 use surgery_worker::model::{Embedded, WanConfig, WanTransformer};
 use tch::nn::VarStore;
@@ -131,13 +133,61 @@ fn parity_tiny_c() {
     check_fp32_parity("tiny_c");
 }
 
+/// Swapping block 0's core for linear attention changes what the model computes (the
+/// output moves away from diffusers'), and swapping softmax back restores the teacher's
+/// output bit for bit.
 #[test]
 fn self_attention_core_is_swappable() {
-    let (_vs, mut model) = load(&golden_dir("tiny_c"), Kind::Float);
+    let io = golden_io("tiny_c");
+    let (vs, mut model) = load(&golden_dir("tiny_c"), Kind::Float);
     assert_eq!(model.num_blocks(), 1);
     assert!(matches!(model.self_attention(0), SelfAttention::Softmax));
+    let forward = |model: &WanTransformer| {
+        tch::no_grad(|| model.forward(&io["latents"], &io["timestep"], &io["encoder_hidden_states"]))
+    };
+    let teacher = forward(&model);
+    assert_parity("softmax core", &teacher, &io["output"]);
+
+    let (heads, head_dim) = (model.config().num_attention_heads, model.config().attention_head_dim);
+    let linear = HybridAttention::new(
+        &(vs.root() / "blocks" / 0 / "attn1"),
+        HybridConfig {
+            feature_map: FeatureMapConfig {
+                heads,
+                head_dim,
+                hidden: 8,
+                features: 8,
+                chunks: 2,
+            },
+            eps: 1e-6,
+            rate: Rate::Linear,
+            pattern: AnchorPattern::Strided,
+            normaliser: Normaliser::default(),
+        },
+    );
+    model.set_self_attention(0, SelfAttention::Hybrid(linear));
+    assert!(matches!(
+        model.self_attention(0),
+        SelfAttention::Hybrid(h) if h.rate == Rate::Linear
+    ));
+    let student = forward(&model);
+    assert_eq!(student.size(), teacher.size());
+    assert!(
+        bool::try_from(student.isfinite().all()).unwrap(),
+        "linear core: non-finite output"
+    );
+    let moved = rel_err(&student, &teacher);
+    assert!(
+        moved > 1e-3,
+        "the linear core computes what softmax does (relative difference {moved:.3e}): the swap did not take"
+    );
+
     model.set_self_attention(0, SelfAttention::Softmax);
     assert!(matches!(model.self_attention(0), SelfAttention::Softmax));
+    assert!(
+        forward(&model).equal(&teacher),
+        "swapping softmax back does not restore the teacher's output"
+    );
 }
 
 /// Inputs the model cannot take are refused with a message, not miscomputed.

@@ -9,8 +9,8 @@ use crate::view::{JobView, SubmitView};
 use surgery_proto::v1::SubmitJobRequest;
 
 pub async fn run(ctx: &Context, args: &crate::cli::SubmitArgs) -> Result<u8, CtlError> {
-    let (file, yaml) = validate::read_spec(&args.file)?;
-    validate::check(&file, &yaml)?;
+    let (file, bytes) = validate::read_spec(&args.file)?;
+    let yaml = validate::check(&file, bytes)?;
     let request_id = args
         .request_id
         .clone()

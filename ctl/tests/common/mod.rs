@@ -53,9 +53,14 @@ pub fn closed_port_addr() -> String {
 
 /// Writes `text` to a fresh file under the target's temporary directory.
 pub fn temp_file(name: &str, text: &str) -> String {
+    temp_file_bytes(name, text.as_bytes())
+}
+
+/// [`temp_file`] for content that need not be text.
+pub fn temp_file_bytes(name: &str, bytes: &[u8]) -> String {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("surgeryctl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, bytes).unwrap();
     path.display().to_string()
 }
