@@ -234,7 +234,9 @@ fn run_rank(args: &Args, rank: usize) -> Result<i32, String> {
     let world = args.world.ok_or("--rank needs --world")?;
     let dir = args.dir.clone().ok_or("--rank needs --dir")?;
     let timeout = Duration::from_secs_f64(args.timeout_s);
-    let deadline = Instant::now() + timeout;
+    // Meeting the other ranks waits for their processes to start (LibTorch loads in
+    // seconds on a busy machine); --timeout-s is the collective's watchdog, not this.
+    let deadline = Instant::now() + timeout.max(Duration::from_secs(120));
     if args.cpu {
         let (listener, endpoint) = TcpRing::bind("127.0.0.1").map_err(|e| e.to_string())?;
         write_atomic(&dir.join(format!("endpoint-{rank}")), endpoint.as_bytes())?;

@@ -298,7 +298,8 @@ pub struct CaptureSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistillSpec {
-    /// Optimizer steps per (block, rate) task.
+    /// Optimizer steps per (block, rate) task; 0 keeps phi at its initialisation (the
+    /// ablation "without distillation": the held-out error is still measured).
     #[serde(default = "defaults::distill_steps")]
     pub steps: u32,
     /// Cached samples per loaded batch.
@@ -331,6 +332,8 @@ pub enum DistillLoss {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneSpec {
+    /// Optimizer steps of the whole student; 0 exports the distilled student as it is
+    /// (the ablation "without fine-tuning").
     #[serde(default = "defaults::finetune_steps")]
     pub steps: u32,
     /// Samples per optimizer step over the whole gang; a multiple of the gang size.

@@ -117,6 +117,15 @@ fn negative_where_unsigned() {
 }
 
 #[test]
+fn zero_steps_are_the_ablations_without_distillation_or_fine_tuning() {
+    let spec = JobSpec::parse(&with("stages:\n  distill:\n    steps: 0\n  finetune:\n    steps: 0\n")).unwrap();
+    assert_eq!((spec.stages.distill.steps, spec.stages.finetune.steps), (0, 0));
+    let err = one_error(&with("stages:\n  distill:\n    steps: 10000001\n"));
+    assert_eq!(err.path, "stages.distill.steps");
+    assert_eq!(err.message, "10000001 is out of range; expected 0 to 10000000");
+}
+
+#[test]
 fn missing_required_field() {
     let yaml = BASE.replace("  train_prompts: 16\n", "");
     let err = one_error(&yaml);

@@ -333,7 +333,7 @@ pub(super) fn validate(spec: &JobSpec, yaml: &str) -> Result<(), SpecError> {
         }
     }
     let distill = &spec.stages.distill;
-    c.range_u32("stages.distill.steps", distill.steps, 1, 10_000_000);
+    c.range_u32("stages.distill.steps", distill.steps, 0, 10_000_000);
     c.range_u32("stages.distill.batch", distill.batch, 1, 4096);
     c.range_u32("stages.distill.updates_per_batch", distill.updates_per_batch, 1, 1000);
     c.range_f64("stages.distill.lr", distill.lr, 0.0, true, 1.0);
@@ -354,7 +354,7 @@ pub(super) fn validate(spec: &JobSpec, yaml: &str) -> Result<(), SpecError> {
         );
     }
     let finetune = &spec.stages.finetune;
-    c.range_u32("stages.finetune.steps", finetune.steps, 1, 10_000_000);
+    c.range_u32("stages.finetune.steps", finetune.steps, 0, 10_000_000);
     c.range_u32("stages.finetune.global_batch", finetune.global_batch, 1, 65_536);
     c.range_f64("stages.finetune.lr", finetune.lr, 0.0, true, 1.0);
     c.range_f64("stages.finetune.weight_decay", finetune.weight_decay, 0.0, false, 1.0);

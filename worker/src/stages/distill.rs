@@ -241,16 +241,18 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
     let phi_path = layout::distill_phi(params.block, rate);
     ctx.block_on(job.put(&phi_path, tensors::to_bytes(&refs)))
         .map_err(TaskError::retryable)?;
-    let metrics = BTreeMap::from([
+    let mut metrics = BTreeMap::from([
         (results::HELDOUT_ERROR.to_string(), error),
         (
             "untrained_heldout_error".to_string(),
             training.meta.untrained_heldout_error,
         ),
-        ("final_loss".to_string(), training.meta.curve.last_loss()),
         (results::ATTENTION_MS.to_string(), attention_ms),
         (results::SOFTMAX_ATTENTION_MS.to_string(), softmax_ms),
     ]);
+    if let Some(loss) = training.meta.curve.last_loss() {
+        metrics.insert("final_loss".to_string(), loss);
+    }
     let result = serde_json::json!({ "block": params.block, "rate": rate.code(), "metrics": metrics, "loss_curve": training.meta.curve.loss_curve });
     let result_path = layout::distill_result(params.block, rate);
     ctx.block_on(job.put(&result_path, serde_json::to_vec_pretty(&result).expect("json").into()))

@@ -272,13 +272,16 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     .map_err(TaskError::retryable)?;
     artifacts.push(curve_path);
     training.finish()?;
+    let mut metrics = BTreeMap::from([
+        ("steps".to_string(), training.meta.step as f64),
+        ("samples".to_string(), dataset.len() as f64),
+        ("workers".to_string(), world as f64),
+    ]);
+    if let Some(loss) = training.meta.last_loss() {
+        metrics.insert("final_loss".to_string(), loss);
+    }
     Ok(TaskOutput {
-        metrics: BTreeMap::from([
-            ("final_loss".to_string(), training.meta.last_loss()),
-            ("steps".to_string(), training.meta.step as f64),
-            ("samples".to_string(), dataset.len() as f64),
-            ("workers".to_string(), world as f64),
-        ]),
+        metrics,
         artifacts,
         report: true,
     })

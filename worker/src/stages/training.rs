@@ -37,9 +37,9 @@ pub struct LossCurve {
 }
 
 impl LossCurve {
-    /// The last step's loss (NaN before the first).
-    pub fn last_loss(&self) -> f64 {
-        self.loss_curve.last().copied().unwrap_or(f64::NAN)
+    /// The last step's loss; `None` before the first (a run of 0 steps, an ablation).
+    pub fn last_loss(&self) -> Option<f64> {
+        self.loss_curve.last().copied()
     }
 }
 
