@@ -6,6 +6,8 @@ use crate::rate::Rate;
 
 const TINY: &str = include_str!("../../../configs/tiny.yaml");
 const WAN: &str = include_str!("../../../configs/wan2.1-1.3b.yaml");
+const TESTBED_CPU: &str = include_str!("../../../configs/testbed-cpu.yaml");
+const TESTBED_GPU: &str = include_str!("../../../configs/testbed-gpu.yaml");
 
 /// A small valid spec; tests edit it one line at a time.
 const BASE: &str = "\
@@ -52,6 +54,15 @@ fn shipped_configs_are_valid() {
     assert_eq!(wan.tokens(), 32_760);
     assert_eq!(wan.distill_pairs().len(), 30 * 3);
     assert_eq!(wan.capture_shards(), 125);
+
+    let cpu = JobSpec::parse(TESTBED_CPU).unwrap();
+    assert_eq!(cpu.video.latent_codec, LatentCodec::SpaceToDepth);
+    assert_eq!(cpu.latent_dims(), (8, 8, 8));
+    assert_eq!(cpu.tokens(), 512);
+    let gpu = JobSpec::parse(TESTBED_GPU).unwrap();
+    assert_eq!(gpu.latent_dims(), (16, 16, 16));
+    assert_eq!(gpu.tokens(), 1024);
+    assert_eq!(gpu.distill_pairs().len(), 8 * 4);
 }
 
 #[test]
