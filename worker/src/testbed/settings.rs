@@ -26,10 +26,13 @@
 //!   Calibration (an independent run): diffusers' 17M Wan at this size, batch 64 and lr 1e-4
 //!   for 4,135 steps (8 minutes) learned colour and size but placed objects 10 to 15 px off.
 //!   A step at 1,024 tokens is launch-bound at batch 64, so batch 256 costs far less than 4
-//!   times as long: the preset sees about 4 times the samples in about the same minutes, with
-//!   a 6x higher peak lr (6e-4) behind a 300-step warm-up that keeps the larger steps stable,
-//!   and a final linear decay (the last 20 %), which on the CPU preset cut the loss by a
-//!   fifth and is what settles fine detail such as positions.
+//!   times as long. Estimate (not yet measured here): about 42 TFLOP and 0.4 TB of
+//!   activation traffic a step, 0.2 to 0.25 s on an H200, so the 3,000 steps take 10 to 12
+//!   minutes and see 768K clips, about 3 times the calibration run's 265K; with a 6x higher
+//!   peak lr (6e-4) behind a 300-step warm-up that keeps the larger steps stable, and a final
+//!   linear decay (the last 20 %), which on the CPU preset cut the loss by a fifth and is
+//!   what settles fine detail such as positions. `--minutes` and `--steps` adjust it;
+//!   training continues across calls.
 
 use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
@@ -174,7 +177,7 @@ impl TrainSettings {
                     max_objects: 3,
                 },
                 batch: 256,
-                steps: 4000,
+                steps: 3000,
                 lr: 6e-4,
                 warmup_steps: 300,
                 decay_fraction: 0.2,
