@@ -1,8 +1,9 @@
 //! The FLOP cost model of METHOD.md section 1: how many floating-point operations one
 //! transformer block (and one whole forward pass of the model) costs at a given token
 //! count and block rate R. It owns the teacher's shape (`ModelShape`), the per-head
-//! feature-map shape (`FeatureMapShape`), the video -> latent -> token arithmetic of the Wan VAE and
-//! patchifier, and the FLOP formulas. Convention throughout: one multiply-add = 2 FLOPs,
+//! feature-map shape (`FeatureMapShape`), the video -> latent -> token arithmetic of each
+//! [`LatentCodec`] (the Wan VAE, or the testbed's space-to-depth) and of the patchifier, and the
+//! FLOP formulas. Convention throughout: one multiply-add = 2 FLOPs,
 //! C = heads x head_dim, N = tokens; element-wise work (norms, RoPE, activations,
 //! softmax exponentials, modulation) is not counted, as in the paper. Everything here is
 //! a pure function; stage 2 (`crate::select`) consumes these numbers as costs.
@@ -148,6 +149,60 @@ pub fn latent_dims(frames: u32, height: u32, width: u32) -> (u32, u32, u32) {
     (latent_frames, height / 8, width / 8)
 }
 
+/// How pixel videos become the latents the transformer sees; the spec's `video.latent_codec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatentCodec {
+    /// Wan2.1's VAE: time stride 4 after the first frame, space stride 8 ([`latent_dims`]).
+    #[default]
+    WanVae,
+    /// The quality testbed's exact 4 x 4 space-to-depth: every frame kept, space stride 4,
+    /// 3 colours x 4 x 4 pixels = 48 channels.
+    SpaceToDepth,
+}
+
+impl LatentCodec {
+    /// The spec word.
+    pub fn name(self) -> &'static str {
+        match self {
+            LatentCodec::WanVae => "wan_vae",
+            LatentCodec::SpaceToDepth => "space_to_depth",
+        }
+    }
+
+    /// Pixels per latent element along height and width.
+    pub fn spatial_stride(self) -> u32 {
+        match self {
+            LatentCodec::WanVae => 8,
+            LatentCodec::SpaceToDepth => 4,
+        }
+    }
+
+    /// The latent channel count the codec fixes, if it fixes one. The Wan VAE's 16 is not
+    /// enforced: the demo's random-weight teacher pretends to a 4-channel VAE.
+    pub fn channels(self) -> Option<u32> {
+        match self {
+            LatentCodec::WanVae => None,
+            LatentCodec::SpaceToDepth => Some(48),
+        }
+    }
+
+    /// Latent (frames, height, width) of a `frames` x `height` x `width` pixel video
+    /// (remainders dropped; validation refuses sizes that leave one).
+    pub fn latent_dims(self, frames: u32, height: u32, width: u32) -> (u32, u32, u32) {
+        match self {
+            LatentCodec::WanVae => latent_dims(frames, height, width),
+            LatentCodec::SpaceToDepth => (frames, height / 4, width / 4),
+        }
+    }
+}
+
+/// Tokens per sample of a pixel video under `codec` and the model's patch.
+pub fn video_tokens(shape: &ModelShape, codec: LatentCodec, frames: u32, height: u32, width: u32) -> u64 {
+    let (f, h, w) = codec.latent_dims(frames, height, width);
+    tokens(shape, f, h, w)
+}
+
 /// FLOPs outside the blocks for one forward pass of one sample: patch embedding
 /// (a strided Conv3d = a linear map of each patch), the output head, the text
 /// embedder (2-layer MLP over the L text tokens) and the timestep embedder (computed
@@ -226,6 +281,30 @@ mod tests {
         assert_eq!(latent_dims(81, 320, 480), (21, 40, 60));
         let s = ModelShape::wan21_1_3b();
         assert_eq!(tokens(&s, 21, 40, 60), 21 * 20 * 30);
+    }
+
+    #[test]
+    fn space_to_depth_keeps_frames_and_strides_space_by_4() {
+        let codec = LatentCodec::SpaceToDepth;
+        assert_eq!(codec.latent_dims(16, 64, 64), (16, 16, 16));
+        assert_eq!(codec.latent_dims(8, 32, 32), (8, 8, 8));
+        assert_eq!(codec.channels(), Some(48));
+        assert_eq!(LatentCodec::default(), LatentCodec::WanVae);
+        assert_eq!(LatentCodec::WanVae.latent_dims(81, 480, 832), latent_dims(81, 480, 832));
+        // The testbed's GPU size: 16 x 8 x 8 = 1,024 tokens with patch (1, 2, 2).
+        let testbed = ModelShape {
+            in_channels: 48,
+            out_channels: 48,
+            ..ModelShape::wan21_1_3b()
+        };
+        assert_eq!(video_tokens(&testbed, codec, 16, 64, 64), 1024);
+        assert_eq!(video_tokens(&testbed, codec, 8, 32, 32), 128);
+        // The same pixels under the VAE would be 4 x 4 x 4 tokens.
+        assert_eq!(video_tokens(&testbed, LatentCodec::WanVae, 13, 64, 64), 64);
+        for codec in [LatentCodec::WanVae, LatentCodec::SpaceToDepth] {
+            let word = serde_json::to_string(&codec).unwrap();
+            assert_eq!(word, format!("\"{}\"", codec.name()));
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod validate;
 
 pub use parse::{FieldError, SpecError};
 
+pub use crate::cost::LatentCodec;
 use crate::cost::{FeatureMapShape, ModelShape};
 use crate::rate::Rate;
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,7 @@ pub struct JobSpec {
     pub priority: i32,
     pub teacher: TeacherSpec,
     pub data: DataSpec,
-    /// Pixel size of the generated videos; latents are (frames-1)/4+1 x height/8 x width/8.
+    /// Pixel size of the generated videos and the codec that makes them latents.
     pub video: VideoSpec,
     #[serde(default)]
     pub sampler: SamplerSpec,
@@ -104,6 +105,11 @@ pub struct VideoSpec {
     pub frames: u32,
     pub height: u32,
     pub width: u32,
+    /// `wan_vae` (the default): latents are (frames-1)/4+1 x height/8 x width/8.
+    /// `space_to_depth` (the quality testbed): frames x height/4 x width/4 with 48 channels,
+    /// so the teacher's `in_channels` and `out_channels` must be 48.
+    #[serde(default)]
+    pub latent_codec: LatentCodec,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -629,9 +635,11 @@ impl JobSpec {
         }
     }
 
-    /// Latent (frames, height, width) of the configured video size.
+    /// Latent (frames, height, width) of the configured video size under its codec.
     pub fn latent_dims(&self) -> (u32, u32, u32) {
-        crate::cost::latent_dims(self.video.frames, self.video.height, self.video.width)
+        self.video
+            .latent_codec
+            .latent_dims(self.video.frames, self.video.height, self.video.width)
     }
 
     /// Tokens per sample after patchifying the latent video.

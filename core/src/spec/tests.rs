@@ -6,6 +6,8 @@ use crate::rate::Rate;
 
 const TINY: &str = include_str!("../../../configs/tiny.yaml");
 const WAN: &str = include_str!("../../../configs/wan2.1-1.3b.yaml");
+const TESTBED_CPU: &str = include_str!("../../../configs/testbed-cpu.yaml");
+const TESTBED_GPU: &str = include_str!("../../../configs/testbed-gpu.yaml");
 
 /// A small valid spec; tests edit it one line at a time.
 const BASE: &str = "\
@@ -52,6 +54,15 @@ fn shipped_configs_are_valid() {
     assert_eq!(wan.tokens(), 32_760);
     assert_eq!(wan.distill_pairs().len(), 30 * 3);
     assert_eq!(wan.capture_shards(), 125);
+
+    let cpu = JobSpec::parse(TESTBED_CPU).unwrap();
+    assert_eq!(cpu.video.latent_codec, LatentCodec::SpaceToDepth);
+    assert_eq!(cpu.latent_dims(), (8, 8, 8));
+    assert_eq!(cpu.tokens(), 512);
+    let gpu = JobSpec::parse(TESTBED_GPU).unwrap();
+    assert_eq!(gpu.latent_dims(), (16, 16, 16));
+    assert_eq!(gpu.tokens(), 1024);
+    assert_eq!(gpu.distill_pairs().len(), 8 * 4);
 }
 
 #[test]
@@ -357,4 +368,105 @@ fn heldout_cannot_take_everything() {
     );
     assert_eq!(err.path, "stages.distill.heldout_fraction");
     assert!(err.message.contains("leaving none to train on"), "{}", err.message);
+}
+
+/// A small valid space-to-depth spec (the testbed's shapes); tests edit it one line at a time.
+const S2D: &str = "\
+version: 1
+name: t
+teacher:
+  url: file://t/teacher
+  shape: {layers: 2, heads: 2, head_dim: 32, ffn_dim: 256, text_dim: 32, text_len: 24, in_channels: 48, out_channels: 48, patch: [1, 2, 2], freq_dim: 64}
+data:
+  prompts: file://t/prompts.safetensors
+  train_prompts: 16
+video:
+  frames: 8
+  height: 32
+  width: 32
+  latent_codec: space_to_depth
+";
+
+#[test]
+fn space_to_depth_shapes_and_tokens() {
+    let spec = JobSpec::parse(S2D).unwrap();
+    assert_eq!(spec.video.latent_codec, LatentCodec::SpaceToDepth);
+    assert_eq!(spec.latent_dims(), (8, 8, 8));
+    assert_eq!(spec.tokens(), 8 * 4 * 4);
+    // Left out, the codec is the Wan VAE's, as before the field existed.
+    assert_eq!(JobSpec::parse(BASE).unwrap().video.latent_codec, LatentCodec::WanVae);
+    // Any frame count divisible by the temporal patch: no 4k + 1 rule.
+    let spec = JobSpec::parse(&S2D.replace("frames: 8", "frames: 7")).unwrap();
+    assert_eq!(spec.latent_dims(), (7, 8, 8));
+    // The FLOP model follows the tokens.
+    let flops = crate::cost::softmax_model_forward_flops(&spec.model_shape(), spec.tokens());
+    let vae_tokens = crate::cost::video_tokens(&spec.model_shape(), LatentCodec::WanVae, 9, 32, 32);
+    assert_eq!(vae_tokens, 3 * 2 * 2);
+    assert!(flops > crate::cost::softmax_model_forward_flops(&spec.model_shape(), vae_tokens));
+}
+
+#[test]
+fn unknown_codec_word() {
+    let err = one_error(&S2D.replace("latent_codec: space_to_depth", "latent_codec: pixels"));
+    assert_eq!(err.path, "video.latent_codec");
+    assert_eq!(err.line, 13);
+    assert!(
+        err.message
+            .contains("unknown variant `pixels`, expected `wan_vae` or `space_to_depth`"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn space_to_depth_size_rules() {
+    let errs = errors(&S2D.replace("height: 32", "height: 36").replace("width: 32", "width: 0"));
+    let paths: Vec<_> = errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(paths, vec![("video.height", 11), ("video.width", 12)]);
+    assert_eq!(
+        errs[0].message,
+        "36 must be a positive multiple of 8 (space_to_depth stride 4 x patch 2)"
+    );
+    assert_eq!(
+        errs[1].message,
+        "0 must be a positive multiple of 8 (space_to_depth stride 4 x patch 2)"
+    );
+    // 20 is a multiple of 4 but not of 4 x patch 2.
+    let err = one_error(&S2D.replace("width: 32", "width: 20"));
+    assert_eq!(err.path, "video.width");
+
+    let err = one_error(&S2D.replace("frames: 8", "frames: 0"));
+    assert_eq!(
+        (err.path.as_str(), err.message.as_str()),
+        ("video.frames", "must be at least 1")
+    );
+    let err = one_error(
+        &S2D.replace("frames: 8", "frames: 9")
+            .replace("patch: [1, 2, 2]", "patch: [2, 2, 2]"),
+    );
+    assert_eq!(err.path, "video.frames");
+    assert_eq!(
+        err.message,
+        "9 frames are not divisible by the temporal patch 2 (space_to_depth keeps every frame)"
+    );
+}
+
+#[test]
+fn space_to_depth_needs_48_channels() {
+    let err = one_error(&S2D.replace("in_channels: 48", "in_channels: 16"));
+    assert_eq!(err.path, "teacher.shape.in_channels");
+    assert_eq!(
+        err.message,
+        "16 channels, but video.latent_codec `space_to_depth` makes 48-channel latents (3 colours x 4 x 4 pixels); set it to 48"
+    );
+    let err = one_error(&S2D.replace("out_channels: 48", "out_channels: 3"));
+    assert_eq!(err.path, "teacher.shape.out_channels");
+    // The 1.3B preset takes 16-channel VAE latents.
+    let yaml = with("  latent_codec: space_to_depth\n").replace("frames: 81", "frames: 16");
+    let err = one_error(&yaml);
+    assert_eq!((err.path.as_str(), err.line), ("video.latent_codec", 13));
+    assert_eq!(
+        err.message,
+        "`space_to_depth` makes 48-channel latents, but the teacher preset takes 16; spell out teacher.shape with in_channels and out_channels 48"
+    );
 }

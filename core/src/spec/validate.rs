@@ -4,7 +4,7 @@
 
 use super::locate::Locations;
 use super::parse::{FieldError, SpecError};
-use super::{AttentionKind, JobSpec, SUPPORTED_VERSION, SelectionRule};
+use super::{AttentionKind, JobSpec, LatentCodec, SUPPORTED_VERSION, SelectionRule};
 use crate::rate::Rate;
 use std::collections::HashSet;
 
@@ -152,39 +152,92 @@ pub(super) fn validate(spec: &JobSpec, yaml: &str) -> Result<(), SpecError> {
         c.url("data.finetune_data", &spec.data.finetune_data);
     }
 
-    // Video: Wan's VAE compresses time by 4 (plus the first frame) and space by 8, and
-    // the patch then divides the latent.
+    // Video: the codec turns pixels into latents (Wan's VAE: time by 4 plus the first
+    // frame, space by 8; space-to-depth: every frame, space by 4), and the patch then
+    // divides the latent.
     let video = spec.video;
-    if video.frames == 0 || !(video.frames - 1).is_multiple_of(4) {
-        c.fail(
-            "video.frames",
-            format!(
-                "{} frames: must be 4k + 1 (1, 5, ..., 81) for the VAE's time stride of 4",
-                video.frames
-            ),
-        );
-    } else if !((video.frames - 1) / 4 + 1).is_multiple_of(shape.patch[0].max(1)) {
-        c.fail(
-            "video.frames",
-            format!(
-                "{} latent frames are not divisible by the temporal patch {}",
-                (video.frames - 1) / 4 + 1,
-                shape.patch[0]
-            ),
-        );
+    let codec = video.latent_codec;
+    match codec {
+        LatentCodec::WanVae => {
+            if video.frames == 0 || !(video.frames - 1).is_multiple_of(4) {
+                c.fail(
+                    "video.frames",
+                    format!(
+                        "{} frames: must be 4k + 1 (1, 5, ..., 81) for the VAE's time stride of 4",
+                        video.frames
+                    ),
+                );
+            } else if !((video.frames - 1) / 4 + 1).is_multiple_of(shape.patch[0].max(1)) {
+                c.fail(
+                    "video.frames",
+                    format!(
+                        "{} latent frames are not divisible by the temporal patch {}",
+                        (video.frames - 1) / 4 + 1,
+                        shape.patch[0]
+                    ),
+                );
+            }
+        }
+        LatentCodec::SpaceToDepth => {
+            if video.frames == 0 {
+                c.fail("video.frames", "must be at least 1");
+            } else if !video.frames.is_multiple_of(shape.patch[0].max(1)) {
+                c.fail(
+                    "video.frames",
+                    format!(
+                        "{} frames are not divisible by the temporal patch {} (space_to_depth keeps every frame)",
+                        video.frames, shape.patch[0]
+                    ),
+                );
+            }
+        }
     }
+    let stride_name = match codec {
+        LatentCodec::WanVae => "VAE stride 8",
+        LatentCodec::SpaceToDepth => "space_to_depth stride 4",
+    };
     for (field, pixels, patch) in [
         ("video.height", video.height, shape.patch[1]),
         ("video.width", video.width, shape.patch[2]),
     ] {
-        let multiple = 8 * patch.max(1);
+        let multiple = codec.spatial_stride() * patch.max(1);
         if pixels == 0 || !pixels.is_multiple_of(multiple) {
             c.fail(
                 field,
-                format!("{pixels} must be a positive multiple of {multiple} (VAE stride 8 x patch {patch})"),
+                format!("{pixels} must be a positive multiple of {multiple} ({stride_name} x patch {patch})"),
             );
         } else if pixels > 8192 {
             c.fail(field, format!("{pixels} is out of range; expected at most 8192"));
+        }
+    }
+    if let Some(channels) = codec.channels() {
+        match &spec.teacher.shape {
+            Some(teacher) => {
+                for (field, value) in [
+                    ("teacher.shape.in_channels", teacher.in_channels),
+                    ("teacher.shape.out_channels", teacher.out_channels),
+                ] {
+                    if value != channels {
+                        c.fail(
+                            field,
+                            format!(
+                                "{value} channels, but video.latent_codec `{}` makes {channels}-channel latents \
+                                 (3 colours x 4 x 4 pixels); set it to {channels}",
+                                codec.name()
+                            ),
+                        );
+                    }
+                }
+            }
+            None => c.fail(
+                "video.latent_codec",
+                format!(
+                    "`{}` makes {channels}-channel latents, but the teacher preset takes {}; spell out \
+                     teacher.shape with in_channels and out_channels {channels}",
+                    codec.name(),
+                    shape.in_channels
+                ),
+            ),
         }
     }
 

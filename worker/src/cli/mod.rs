@@ -1,7 +1,7 @@
 //! The `surgery-worker` command: `run` (the agent that leases and executes tasks from a
 //! coordinator), `forward` and `sample` (check a teacher or student folder against a
-//! reference from files), and `init-demo` (the tiny teacher and prompts of
-//! configs/tiny.yaml).
+//! reference from files), `init-demo` (the tiny teacher and prompts of
+//! configs/tiny.yaml), and `testbed` (train and sample a quality-testbed teacher).
 //!
 //! Exit codes: 0 success, 1 error (bad file, missing tensor, no CUDA), 2 usage.
 
@@ -10,6 +10,7 @@ mod files;
 mod forward;
 mod run;
 mod sample;
+pub mod testbed;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -116,6 +117,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "unipc")]
         scheduler: SchedulerKind,
     },
+    /// The quality testbed: train a small teacher from scratch on rendered clips, sample it.
+    Testbed {
+        #[command(subcommand)]
+        command: testbed::TestbedCommand,
+    },
 }
 
 /// Logs to stderr; RUST_LOG filters (default info), SURGERY_LOG_FORMAT=json for JSON.
@@ -167,6 +173,7 @@ pub fn main() -> ExitCode {
             seed,
             scheduler,
         }),
+        Command::Testbed { command } => testbed::run(command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
