@@ -2,12 +2,12 @@
 //! plain methods that take the time as an argument and do no I/O: each records what it
 //! touched, and [`Cluster::take_changes`] hands that to the store, which commits it in one
 //! transaction before anyone is told the outcome. The decisions the scheduler takes on
-//! its own (leases, expiries, lost workers) are computed in [`crate::scheduler`] and
-//! applied here through [`Cluster::apply`].
+//! its own (leases, expiries, lost workers) arrive as [`Decision`]s and are applied here
+//! through [`Cluster::apply`].
 
+use crate::decision::Decision;
 use crate::model::*;
 use crate::planner;
-use crate::scheduler::Decision;
 use crate::select_stage;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use surgery_core::ids::TaskRef;

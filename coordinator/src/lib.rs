@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod committer;
 pub mod config;
 pub mod convert;
+pub mod decision;
 pub mod engine;
 pub mod http;
 pub mod job_service;

@@ -3,8 +3,8 @@
 //! slots by state.
 
 use crate::cluster::Cluster;
+use crate::decision::Decision;
 use crate::model::{TaskState, WorkerStatus};
-use crate::scheduler::Decision;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::cluster::{Reject, ReportedLog, Stop, TaskReport};
+use crate::decision::{Decision, WaitingSlot};
 use surgery_core::ids::TaskRef;
 
 fn full_task_id(job: &str, task: &str) -> String {
