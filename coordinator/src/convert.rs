@@ -1,7 +1,8 @@
 //! Conversions between the coordinator's records and the wire types of surgery.v1, in
 //! one place (Ballista's from_proto/to_proto habit), so prost types stay at the edge.
 
-use crate::cluster::{Cluster, Reject, ReportedLog, TaskReport};
+use crate::cluster::Cluster;
+use crate::command::{Reject, ReportedLog, Stop, TaskReport};
 use crate::model::*;
 use crate::scheduler::Waiting;
 use std::collections::BTreeMap;
@@ -292,6 +293,14 @@ pub fn worker(w: &WorkerRecord, tasks: Vec<String>) -> pb::Worker {
         last_seen_unix_ms: w.last_seen_ms,
         registered_unix_ms: w.registered_ms,
         tasks,
+    }
+}
+
+pub fn stop(stop: Stop) -> pb::StopTask {
+    pb::StopTask {
+        task_id: stop.task_id,
+        attempt: stop.attempt,
+        reason: stop.reason,
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod command;
 pub mod committer;
 pub mod config;
 pub mod convert;

@@ -312,6 +312,8 @@ impl Store {
 mod tests {
     use super::*;
     use crate::cluster::Timing;
+    use crate::command::{Command, Outcome};
+    use std::sync::Arc;
     use surgery_core::spec::JobSpec;
 
     #[test]
@@ -319,9 +321,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.redb");
         let yaml = include_str!("../../configs/tiny.yaml");
-        let spec = JobSpec::parse(yaml).unwrap();
+        let timing = Timing {
+            lease_ttl_ms: 1,
+            worker_timeout_ms: 1,
+        };
         let mut cluster = Cluster::default();
-        let job = cluster.submit(5, "r1", yaml, &spec, "abc").unwrap().job_id;
+        let submit = Command::Submit {
+            request_id: "r1".into(),
+            spec_yaml: yaml.into(),
+            spec: Arc::new(JobSpec::parse(yaml).unwrap()),
+            id_suffix: "abc".into(),
+        };
+        let Ok(Outcome::Submitted(submitted)) = cluster.apply(5, timing, submit) else {
+            panic!("submit refused");
+        };
+        let job = submitted.job_id;
         {
             let store = Store::open(&path).unwrap();
             let batch = Batch::capture(cluster.take_changes(), &cluster);
@@ -344,10 +358,7 @@ mod tests {
 
         let restored = Cluster::restore(
             10,
-            Timing {
-                lease_ttl_ms: 1,
-                worker_timeout_ms: 1,
-            },
+            timing,
             loaded.jobs,
             loaded.tasks,
             loaded.workers,

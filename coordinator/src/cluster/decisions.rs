@@ -1,11 +1,14 @@
 //! The scheduler's decisions applied: grants, expiries, lost workers, and the select
 //! stage, which runs here.
 
-use super::*;
+use super::{Cluster, Timing};
+use crate::decision::Decision;
+use crate::model::*;
 use crate::select_stage;
 
 impl Cluster {
-    pub fn apply(&mut self, now: UnixMs, timing: Timing, decision: &Decision) {
+    /// Applies what the scheduler decided.
+    pub(super) fn decide(&mut self, now: UnixMs, timing: Timing, decision: &Decision) {
         match decision {
             Decision::Grant { job_id, task_id, slots } => {
                 let task = self.task_mut(job_id, task_id).expect("decided on an existing task");
@@ -71,10 +74,10 @@ impl Cluster {
     /// The select stage runs here: the knapsack (or layout, or homogeneous rule) over the
     /// distill results.
     fn run_select(&mut self, now: UnixMs, job_id: &str, task_id: &str) {
-        let job = &self.jobs[job_id];
-        let outcome = JobSpec::parse(&job.spec_yaml)
-            .map_err(|e| e.to_string())
-            .and_then(|spec| select_stage::select(&spec, &self.tasks[job_id].list));
+        let outcome = match &self.specs[job_id] {
+            Ok(spec) => select_stage::select(spec, &self.tasks[job_id].list),
+            Err(why) => Err(why.clone()),
+        };
         let task = self.task_mut(job_id, task_id).expect("decided on an existing task");
         task.attempt += 1;
         task.updated_ms = now;

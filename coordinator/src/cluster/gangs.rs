@@ -1,19 +1,17 @@
 //! Gangs: the rendezvous where W members check in and rank 0's NCCL unique id is relayed.
 
-use super::*;
+use super::{Cluster, Timing};
+use crate::command::{GangReady, Reject};
+use crate::model::*;
 
-/// A member's view of a finished rendezvous.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rendezvous {
-    pub members: Vec<Member>,
-    pub nccl_unique_id: Vec<u8>,
-}
+/// 128 bytes, NCCL's ncclUniqueId.
+const NCCL_UNIQUE_ID_BYTES: usize = 128;
 
 impl Cluster {
     /// A gang member checks in. Returns the members and rank 0's NCCL id once every
     /// member arrived (and rank 0 brought the id), `None` while some are missing.
     #[allow(clippy::too_many_arguments)]
-    pub fn rendezvous(
+    pub(super) fn rendezvous(
         &mut self,
         now: UnixMs,
         timing: Timing,
@@ -23,7 +21,16 @@ impl Cluster {
         rank: u32,
         endpoint: &str,
         nccl_unique_id: &[u8],
-    ) -> Result<Option<Rendezvous>, Reject> {
+    ) -> Result<Option<GangReady>, Reject> {
+        if rank != 0 && !nccl_unique_id.is_empty() {
+            return Err(Reject::Invalid("only rank 0 brings the NCCL unique id".into()));
+        }
+        if !nccl_unique_id.is_empty() && nccl_unique_id.len() != NCCL_UNIQUE_ID_BYTES {
+            return Err(Reject::Invalid(format!(
+                "an NCCL unique id has {NCCL_UNIQUE_ID_BYTES} bytes, not {}",
+                nccl_unique_id.len()
+            )));
+        }
         self.touch_worker(now, worker_id)?;
         let (job_id, task_id) = self.split_id(full_task_id)?;
         let task = self.check_holder(worker_id, &job_id, &task_id, attempt)?;
@@ -55,7 +62,7 @@ impl Cluster {
         };
         let rank0_ready = lease.members.iter().find(|m| m.rank == 0).is_some_and(|m| m.arrived);
         if lease.members.iter().all(|m| m.arrived) && rank0_ready {
-            Ok(Some(Rendezvous {
+            Ok(Some(GangReady {
                 members: lease.members.clone(),
                 nccl_unique_id: lease.nccl_unique_id.clone().unwrap_or_default(),
             }))

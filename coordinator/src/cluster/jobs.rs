@@ -1,17 +1,22 @@
 //! Jobs: submit (plan and record), cancel, resume, and settling a job once its tasks end.
 
-use super::*;
+use super::Cluster;
+use super::JobTasks;
+use crate::command::{Reject, Submitted};
+use crate::model::*;
 use crate::planner;
+use std::sync::Arc;
+use surgery_core::spec::JobSpec;
 
 impl Cluster {
     /// Plans and records a job. A request id seen before returns the job it created;
     /// the same id with a different spec is a conflict.
-    pub fn submit(
+    pub(super) fn submit(
         &mut self,
         now: UnixMs,
         request_id: &str,
         spec_yaml: &str,
-        spec: &JobSpec,
+        spec: Arc<JobSpec>,
         id_suffix: &str,
     ) -> Result<Submitted, Reject> {
         if request_id.is_empty() {
@@ -55,12 +60,13 @@ impl Cluster {
             },
             selected_layout: None,
         };
-        let tasks = planner::plan(&job_id, spec, now);
+        let tasks = planner::plan(&job_id, &spec, now);
         let count = tasks.len();
         for task in &tasks {
             self.changes.tasks.insert((job_id.clone(), task.id.clone()));
         }
         self.jobs.insert(job_id.clone(), job);
+        self.specs.insert(job_id.clone(), Ok(spec));
         self.changes.jobs.insert(job_id.clone());
         self.tasks.insert(job_id.clone(), JobTasks::new(tasks));
         self.requests.insert(request_id.to_string(), job_id.clone());
@@ -76,7 +82,7 @@ impl Cluster {
     }
 
     /// Cancels every unfinished task; running ones learn it at their next heartbeat.
-    pub fn cancel_job(&mut self, now: UnixMs, job_id: &str, reason: &str) -> Result<(), Reject> {
+    pub(super) fn cancel_job(&mut self, now: UnixMs, job_id: &str, reason: &str) -> Result<(), Reject> {
         let job = self.jobs.get(job_id).ok_or_else(|| not_found_job(job_id))?;
         if job.state.is_terminal() {
             return Err(Reject::Conflict(format!(
@@ -96,7 +102,7 @@ impl Cluster {
 
     /// Puts failed and cancelled tasks back to pending with a fresh retry budget; they
     /// resume from their last checkpoints when leased again.
-    pub fn resume_job(&mut self, now: UnixMs, job_id: &str) -> Result<Vec<TaskId>, Reject> {
+    pub(super) fn resume_job(&mut self, now: UnixMs, job_id: &str) -> Result<Vec<TaskId>, Reject> {
         let job = self.jobs.get(job_id).ok_or_else(|| not_found_job(job_id))?;
         if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
             return Err(Reject::Conflict(format!(
@@ -185,6 +191,6 @@ impl Cluster {
     }
 }
 
-pub(super) fn not_found_job(job_id: &str) -> Reject {
+fn not_found_job(job_id: &str) -> Reject {
     Reject::NotFound(format!("job {job_id} does not exist"))
 }

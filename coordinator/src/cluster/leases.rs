@@ -1,7 +1,10 @@
 //! Leases as workers hold them: the holder check (fencing), heartbeats, completions,
 //! failures, interrupting an attempt, and revoking an undeliverable grant.
 
-use super::*;
+use super::{Cluster, Timing};
+use crate::command::{Reject, Stop, TaskReport};
+use crate::model::*;
+use surgery_core::ids::TaskRef;
 
 impl Cluster {
     /// The active lease of (job, task) at `attempt` held by `worker`, or why not.
@@ -29,7 +32,7 @@ impl Cluster {
 
     /// Renews the reporting worker's leases, records progress, logs and metrics, and says
     /// which reported tasks must stop.
-    pub fn heartbeat(
+    pub(super) fn heartbeat(
         &mut self,
         now: UnixMs,
         timing: Timing,
@@ -130,7 +133,7 @@ impl Cluster {
 
     /// Records a task's result. Repeating the completion of a succeeded attempt is a
     /// no-op, so a worker may retry CompleteTask after a lost reply.
-    pub fn complete(
+    pub(super) fn complete(
         &mut self,
         now: UnixMs,
         worker_id: &str,
@@ -138,6 +141,11 @@ impl Cluster {
         attempt: u32,
         result: TaskResult,
     ) -> Result<(), Reject> {
+        if let Some((name, value)) = result.metrics.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(Reject::Invalid(format!(
+                "result metric `{name}` is {value}; report a failure instead of a non-finite result"
+            )));
+        }
         self.touch_worker(now, worker_id)?;
         let (job_id, task_id) = self.split_id(full_task_id)?;
         let task = self.task(&job_id, &task_id).expect("located");
@@ -171,7 +179,7 @@ impl Cluster {
     }
 
     /// A worker reports a failure. Returns what happens next, in words.
-    pub fn fail(
+    pub(super) fn fail(
         &mut self,
         now: UnixMs,
         worker_id: &str,
@@ -264,7 +272,7 @@ impl Cluster {
 
     /// A lease that could not be handed over (the worker's poll ended first) goes back
     /// to pending at once, as a lost attempt.
-    pub fn revoke(&mut self, now: UnixMs, full_task_id: &str, attempt: u32) {
+    pub(super) fn revoke(&mut self, now: UnixMs, full_task_id: &str, attempt: u32) {
         let Some((job_id, task_id)) = self.locate_task(full_task_id) else {
             return;
         };
@@ -284,25 +292,8 @@ impl Cluster {
     }
 }
 
-/// A worker's report on one task in a heartbeat.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskReport {
-    /// `job_id:task_id`.
-    pub task_id: String,
-    pub attempt: u32,
-    pub progress: Option<Progress>,
-    pub logs: Vec<ReportedLog>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReportedLog {
-    pub unix_ms: UnixMs,
-    pub level: String,
-    pub message: String,
-}
-
 /// Why `worker` at `attempt` no longer holds the task.
-pub(super) fn stale_reason(task: &TaskRecord, worker_id: &str, attempt: u32) -> String {
+fn stale_reason(task: &TaskRecord, worker_id: &str, attempt: u32) -> String {
     let id = &task.id;
     match task.state {
         TaskState::Cancelled => format!("task {id} was cancelled"),

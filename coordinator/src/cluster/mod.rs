@@ -1,45 +1,23 @@
-//! The coordinator's whole state in memory, and every transition of it. Transitions are
-//! plain methods that take the time as an argument and do no I/O: each records what it
-//! touched, and [`Cluster::take_changes`] hands that to the store, which commits it in one
-//! transaction before anyone is told the outcome. The decisions the scheduler takes on
-//! its own (leases, expiries, lost workers) arrive as [`Decision`]s and are applied here
-//! through [`Cluster::apply`].
+//! The coordinator's whole state in memory, and every transition of it. Every mutation
+//! arrives as a [`Command`] through [`Cluster::apply`], which hands it to the transition
+//! in the module named for its concern: `jobs` (submit, cancel, resume, settling a job),
+//! `workers` (register, poll, being heard from, the end of an incarnation), `leases`
+//! (the holder check, heartbeat, complete, fail, interrupt, revoke), `gangs`
+//! (rendezvous) and `decisions` (the scheduler's grants, expiries and lost workers, and
+//! the select stage). Transitions take the time as an argument and do no I/O: each
+//! records what it touched, and [`Cluster::take_changes`] hands that to the store.
 
-use crate::decision::Decision;
+use crate::command::{Command, Outcome, Reject};
 use crate::model::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use surgery_core::ids::TaskRef;
+use std::sync::Arc;
 use surgery_core::spec::JobSpec;
-
-/// Why a request was refused; the service maps each to a typed gRPC error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Reject {
-    #[error("{0}")]
-    NotFound(String),
-    /// The caller holds an old attempt (fencing).
-    #[error("{0}")]
-    Stale(String),
-    #[error("unknown worker `{0}`: register again")]
-    UnknownWorker(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-}
 
 /// Coordinator settings that transitions need.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     pub lease_ttl_ms: i64,
     pub worker_timeout_ms: i64,
-}
-
-/// A task the worker must stop, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stop {
-    pub task_id: TaskId,
-    pub attempt: u32,
-    pub reason: String,
 }
 
 /// What a transition changed, to be persisted together.
@@ -129,14 +107,10 @@ pub struct Cluster {
     pub workers: BTreeMap<WorkerId, WorkerRecord>,
     pub requests: HashMap<String, JobId>,
     pub counters: Counters,
+    /// Each job's spec, parsed once (at submit, or when the store is restored) and kept
+    /// beside its record; an error when a stored spec no longer parses.
+    pub specs: HashMap<JobId, Result<Arc<JobSpec>, String>>,
     changes: Changes,
-}
-
-/// The outcome of a submit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Submitted {
-    pub job_id: JobId,
-    pub created: bool,
 }
 
 mod decisions;
@@ -144,9 +118,6 @@ mod gangs;
 mod jobs;
 mod leases;
 mod workers;
-
-pub use gangs::Rendezvous;
-pub use leases::{ReportedLog, TaskReport};
 
 impl Cluster {
     /// Rebuilds the state a store held. Leases get a fresh deadline and workers count as
@@ -170,6 +141,15 @@ impl Cluster {
             }
             by_job.entry(task.job_id.clone()).or_default().push(task);
         }
+        let specs = jobs
+            .iter()
+            .map(|j| {
+                let spec = JobSpec::parse(&j.spec_yaml)
+                    .map(Arc::new)
+                    .map_err(|e| format!("the job's stored spec no longer parses: {e}"));
+                (j.id.clone(), spec)
+            })
+            .collect();
         Cluster {
             jobs: jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
             tasks: by_job
@@ -185,7 +165,85 @@ impl Cluster {
                 .collect(),
             requests: requests.into_iter().collect(),
             counters,
+            specs,
             changes: Changes::default(),
+        }
+    }
+
+    /// Applies one command: the only way the state changes.
+    pub fn apply(&mut self, now: UnixMs, timing: Timing, command: Command) -> Result<Outcome, Reject> {
+        match command {
+            Command::Submit {
+                request_id,
+                spec_yaml,
+                spec,
+                id_suffix,
+            } => self
+                .submit(now, &request_id, &spec_yaml, spec, &id_suffix)
+                .map(Outcome::Submitted),
+            Command::Cancel { job_id, reason } => self.cancel_job(now, &job_id, &reason).map(|()| Outcome::Cancelled),
+            Command::Resume { job_id } => self.resume_job(now, &job_id).map(Outcome::Resumed),
+            Command::Register {
+                name,
+                host,
+                version,
+                slots,
+                id_suffix,
+            } => self
+                .register(now, &name, &host, &version, slots, &id_suffix)
+                .map(Outcome::Registered),
+            Command::Poll { worker_id, slot } => self.poll(now, &worker_id, slot).map(|()| Outcome::Polled),
+            Command::Heartbeat { worker_id, reports } => {
+                self.heartbeat(now, timing, &worker_id, reports)
+                    .map(|stops| Outcome::Heartbeat {
+                        stops,
+                        lease_deadline_ms: now + timing.lease_ttl_ms,
+                    })
+            }
+            Command::Complete {
+                worker_id,
+                task,
+                attempt,
+                result,
+            } => self
+                .complete(now, &worker_id, &task, attempt, result)
+                .map(|()| Outcome::Completed),
+            Command::Fail {
+                worker_id,
+                task,
+                attempt,
+                class,
+                message,
+            } => self
+                .fail(now, &worker_id, &task, attempt, class, &message)
+                .map(Outcome::Failed),
+            Command::Rendezvous {
+                worker_id,
+                task,
+                attempt,
+                rank,
+                endpoint,
+                nccl_unique_id,
+            } => self
+                .rendezvous(
+                    now,
+                    timing,
+                    &worker_id,
+                    &task,
+                    attempt,
+                    rank,
+                    &endpoint,
+                    &nccl_unique_id,
+                )
+                .map(Outcome::Rendezvous),
+            Command::Revoke { task, attempt } => {
+                self.revoke(now, &task, attempt);
+                Ok(Outcome::Applied)
+            }
+            Command::Decision(decision) => {
+                self.decide(now, timing, &decision);
+                Ok(Outcome::Applied)
+            }
         }
     }
 

@@ -1,12 +1,14 @@
 //! Workers: registration (ending an earlier incarnation of the name), being heard from,
 //! and the end of an incarnation, which requeues its leases.
 
-use super::*;
+use super::Cluster;
+use crate::command::Reject;
+use crate::model::*;
 
 impl Cluster {
     /// Registers a worker. A name registered before ends its earlier incarnation: its
     /// leases are requeued as lost (not counted against the retry budget).
-    pub fn register(
+    pub(super) fn register(
         &mut self,
         now: UnixMs,
         name: &str,
@@ -61,7 +63,7 @@ impl Cluster {
 
     /// Marks a worker seen. A worker that was declared lost and comes back is alive again
     /// (its old leases were already requeued; its heartbeat learns to stop them).
-    pub fn touch_worker(&mut self, now: UnixMs, worker_id: &str) -> Result<(), Reject> {
+    pub(super) fn touch_worker(&mut self, now: UnixMs, worker_id: &str) -> Result<(), Reject> {
         let worker = self
             .workers
             .get_mut(worker_id)
@@ -76,6 +78,19 @@ impl Cluster {
         if worker.status == WorkerStatus::Lost {
             worker.status = WorkerStatus::Alive;
             self.changes.workers.insert(worker_id.to_string());
+        }
+        Ok(())
+    }
+
+    /// A slot asks for work (LeaseTask): the worker is heard from and the slot must exist.
+    pub(super) fn poll(&mut self, now: UnixMs, worker_id: &str, slot: u32) -> Result<(), Reject> {
+        self.touch_worker(now, worker_id)?;
+        let worker = &self.workers[worker_id];
+        if slot as usize >= worker.slots.len() {
+            return Err(Reject::Invalid(format!(
+                "slot {slot} does not exist; {worker_id} registered {} slot(s)",
+                worker.slots.len()
+            )));
         }
         Ok(())
     }

@@ -20,7 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use surgery_coordinator::cluster::Cluster;
+use surgery_coordinator::cluster::{Cluster, Timing};
+use surgery_coordinator::command::{Command, Outcome};
 use surgery_coordinator::store::{Batch, Store};
 use surgery_core::spec::JobSpec;
 use surgery_e2e::{Coordinator, tiny_spec};
@@ -110,11 +111,22 @@ fn plan_and_persist(shards: u32) -> anyhow::Result<(usize, Duration, Duration)> 
     let store = Store::open(&dir.path().join("bench.redb"))?;
     let yaml = bench_spec(shards);
     let start = Instant::now();
-    let spec = JobSpec::parse(&yaml)?;
+    let spec = Arc::new(JobSpec::parse(&yaml)?);
     let mut cluster = Cluster::default();
-    let job = cluster
-        .submit(0, "r", &yaml, &spec, "x")
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let timing = Timing {
+        lease_ttl_ms: 20_000,
+        worker_timeout_ms: 60_000,
+    };
+    let submit = Command::Submit {
+        request_id: "r".into(),
+        spec_yaml: yaml.clone(),
+        spec,
+        id_suffix: "x".into(),
+    };
+    let job = match cluster.apply(0, timing, submit) {
+        Ok(Outcome::Submitted(submitted)) => submitted,
+        other => anyhow::bail!("submit: {other:?}"),
+    };
     let planned = start.elapsed();
     let batch = Batch::capture(cluster.take_changes(), &cluster);
     store.write(&batch)?;
