@@ -144,8 +144,12 @@ pub enum Reject {
     UnknownWorker(String),
     #[error("{0}")]
     Invalid(String),
+    /// A request id reused with another spec, or an id that exists.
     #[error("{0}")]
     Conflict(String),
+    /// The job's state does not allow it: cancel an ended job, resume a running one.
+    #[error("{0}")]
+    WrongState(String),
 }
 
 /// The outcome of a submit.

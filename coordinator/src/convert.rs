@@ -18,6 +18,7 @@ impl From<Reject> for ServiceError {
             Reject::UnknownWorker(_) => ErrorKind::UnknownWorker,
             Reject::Invalid(_) => ErrorKind::InvalidArgument,
             Reject::Conflict(_) => ErrorKind::Conflict,
+            Reject::WrongState(_) => ErrorKind::FailedPrecondition,
         };
         ServiceError::new(kind, reject.to_string())
     }

@@ -262,17 +262,18 @@ async fn cancel_reaches_a_running_task_at_its_next_heartbeat() {
     assert_eq!(cancelled.failure, "wrong budget");
     let beat = worker.heartbeat(&task, 2, &[]).await.unwrap();
     assert_eq!(beat.stop[0].reason, "task capture/shard-0000 was cancelled");
-    // Cancelling again is a conflict with the real reason.
-    let err = decode(
-        &jobs
-            .cancel_job(pb::CancelJobRequest {
-                job_id: job.id.clone(),
-                reason: String::new(),
-            })
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(err.kind(), ErrorKind::Conflict);
+    // Cancelling again: the job's state forbids it (FAILED_PRECONDITION, not
+    // ALREADY_EXISTS), with the real reason.
+    let status = jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    let err = decode(&status);
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
     assert_eq!(err.message, format!("job {} already ended (cancelled)", job.id));
 
     // Resume puts the work back.
@@ -283,6 +284,16 @@ async fn cancel_reaches_a_running_task_at_its_next_heartbeat() {
         .into_inner();
     assert_eq!(resumed.job.unwrap().state(), pb::JobState::Running);
     assert!(resumed.resumed_tasks.contains(&"capture/shard-0000".to_string()));
+    // Resuming a running job is refused the same way.
+    let status = jobs
+        .resume_job(pb::ResumeJobRequest { job_id: job.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        decode(&status).message,
+        format!("job {} is running; only failed or cancelled jobs resume", job.id)
+    );
     let again = worker.lease(0, 2000).await.unwrap().unwrap();
     assert_eq!((again.task_id.as_str(), again.attempt), (task.task_id.as_str(), 2));
 }

@@ -85,7 +85,7 @@ impl Cluster {
     pub(super) fn cancel_job(&mut self, now: UnixMs, job_id: &str, reason: &str) -> Result<(), Reject> {
         let job = self.jobs.get(job_id).ok_or_else(|| not_found_job(job_id))?;
         if job.state.is_terminal() {
-            return Err(Reject::Conflict(format!(
+            return Err(Reject::WrongState(format!(
                 "job {job_id} already ended ({})",
                 job.state.word()
             )));
@@ -105,7 +105,7 @@ impl Cluster {
     pub(super) fn resume_job(&mut self, now: UnixMs, job_id: &str) -> Result<Vec<TaskId>, Reject> {
         let job = self.jobs.get(job_id).ok_or_else(|| not_found_job(job_id))?;
         if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
-            return Err(Reject::Conflict(format!(
+            return Err(Reject::WrongState(format!(
                 "job {job_id} is {}; only failed or cancelled jobs resume",
                 job.state.word()
             )));

@@ -482,7 +482,7 @@ fn cancel_reaches_running_tasks_at_their_next_heartbeat() {
     assert!(sim.tick().is_empty());
     assert_eq!(
         sim.cancel(&job),
-        Err(Reject::Conflict(format!("job {job} already ended (cancelled)")))
+        Err(Reject::WrongState(format!("job {job} already ended (cancelled)")))
     );
 }
 
@@ -518,7 +518,12 @@ fn resume_reruns_failed_and_cancelled_tasks_with_a_fresh_budget() {
     sim.wait(&w, 0);
     sim.tick();
     assert_eq!(sim.task(&job, "distill/block-00/rate-2").attempt, 2);
-    assert!(matches!(sim.resume(&job), Err(Reject::Conflict(_))));
+    assert_eq!(
+        sim.resume(&job),
+        Err(Reject::WrongState(format!(
+            "job {job} is running; only failed or cancelled jobs resume"
+        )))
+    );
 }
 
 #[test]
