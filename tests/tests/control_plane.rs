@@ -560,15 +560,29 @@ async fn health_and_reflection_are_answered() {
         );
     }
 
+    // Reflection answers in v1 (grpcurl) and v1alpha (Python's grpcio-reflection).
+    let expected = [
+        "surgery.v1.JobService",
+        "surgery.v1.WorkerService",
+        "grpc.health.v1.Health",
+    ];
+    let v1 = list_services_v1(channel.clone()).await;
+    let v1alpha = list_services_v1alpha(channel).await;
+    for name in expected {
+        assert!(v1.contains(&name.to_string()), "v1: {v1:?}");
+        assert!(v1alpha.contains(&name.to_string()), "v1alpha: {v1alpha:?}");
+    }
+}
+
+async fn list_services_v1(channel: tonic::transport::Channel) -> Vec<String> {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut reflection = ServerReflectionClient::new(channel);
     let request = tonic_reflection::pb::v1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = reflection
+    let mut responses = ServerReflectionClient::new(channel)
         .server_reflection_info(futures::stream::iter(vec![request]))
         .await
         .unwrap()
@@ -577,14 +591,27 @@ async fn health_and_reflection_are_answered() {
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection answer");
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in [
-        "surgery.v1.JobService",
-        "surgery.v1.WorkerService",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(names.contains(&expected.to_string()), "{names:?}");
-    }
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+async fn list_services_v1alpha(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected v1alpha reflection answer");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
 }
 
 #[tokio::test]
