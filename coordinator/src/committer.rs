@@ -3,14 +3,15 @@
 //! thread writes everything queued so far in one redb transaction, then publishes the
 //! highest ticket it made durable. Callers wait for their ticket before they answer, so
 //! nothing is acted on before it is on disk, while many concurrent heartbeats share one
-//! fsync instead of queueing behind one each.
+//! fsync instead of queueing behind one each. Every write reports its times (the whole
+//! transaction, and redb's commit with the fsync) to the metrics.
 //!
 //! After each commit the committed events and log lines are broadcast to live watchers.
 //! A failed write stops the process: the in-memory state is then ahead of the disk, and
 //! a restart from the store is the only way back to a state the world has seen.
 
 use crate::model::{Event, LogRecord};
-use crate::store::{Batch, Store};
+use crate::store::{Batch, Store, WriteTimes};
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::{broadcast, watch};
 
@@ -32,7 +33,7 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn start(store: Arc<Store>, on_commit: impl Fn(std::time::Duration) + Send + 'static) -> Committer {
+    pub fn start(store: Arc<Store>, on_commit: impl Fn(WriteTimes) + Send + 'static) -> Committer {
         let queue = Arc::new((
             Mutex::new(Queue {
                 pending: Batch::default(),
@@ -63,12 +64,13 @@ impl Committer {
                             }
                             (std::mem::take(&mut q.pending), q.last_ticket)
                         };
-                        let started = std::time::Instant::now();
-                        if let Err(err) = store.write(&batch) {
-                            tracing::error!(error = %err, "writing the store failed; stopping so a restart reloads a consistent state");
-                            std::process::exit(70);
+                        match store.write(&batch) {
+                            Ok(times) => on_commit(times),
+                            Err(err) => {
+                                tracing::error!(error = %err, "writing the store failed; stopping so a restart reloads a consistent state");
+                                std::process::exit(70);
+                            }
                         }
-                        on_commit(started.elapsed());
                         committed_tx.send_replace(ticket);
                         for event in batch.events {
                             let _ = events.send(Arc::new(event));

@@ -95,11 +95,8 @@ impl Engine {
             path = %config.store_path().display(),
             "store loaded"
         );
-        let (commits, commit_seconds) = (metrics.store_commits.clone(), metrics.store_commit_seconds.clone());
-        let committer = Committer::start(store.clone(), move |took| {
-            commits.inc();
-            commit_seconds.observe(took.as_secs_f64());
-        });
+        let observed = metrics.clone();
+        let committer = Committer::start(store.clone(), move |took| observed.observe_commit(took));
         Ok(Engine {
             state: Mutex::new(State {
                 cluster,

@@ -9,6 +9,7 @@ use crate::cluster::{Changes, Cluster, Counters};
 use crate::model::*;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const TASKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("tasks");
@@ -134,6 +135,15 @@ pub struct Store {
     db: Database,
 }
 
+/// Where one durable write spent its time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WriteTimes {
+    /// The whole transaction: serialising and inserting the records, then committing.
+    pub total: Duration,
+    /// The commit alone: redb writing its dirty pages and the fsync, the disk's share.
+    pub commit: Duration,
+}
+
 fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialise")
 }
@@ -215,8 +225,9 @@ impl Store {
         Ok(loaded)
     }
 
-    /// Writes a batch in one durable transaction.
-    pub fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// Writes a batch in one durable transaction, and says where the time went.
+    pub fn write(&self, batch: &Batch) -> Result<WriteTimes, StoreError> {
+        let started = Instant::now();
         let txn = self.db.begin_write()?;
         {
             let mut jobs = txn.open_table(JOBS)?;
@@ -251,8 +262,12 @@ impl Store {
                 txn.open_table(META)?.insert(COUNTERS_KEY, json(counters).as_slice())?;
             }
         }
+        let committing = Instant::now();
         txn.commit()?;
-        Ok(())
+        Ok(WriteTimes {
+            total: started.elapsed(),
+            commit: committing.elapsed(),
+        })
     }
 
     /// The job's events with seq > `after_seq`, oldest first, at most `limit`.
