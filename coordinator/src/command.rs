@@ -3,21 +3,29 @@
 //! into a [`Command`]; the [`Engine`](crate::engine::Engine) applies it through
 //! [`Cluster::apply`](crate::cluster::Cluster::apply) under the state lock, lets the
 //! scheduler act on the outcome, queues what changed for the store, and answers with an
-//! [`Outcome`] or a [`Reject`] once that is durable. Nothing else mutates the state.
+//! [`Outcome`] or a [`Reject`]. Nothing else mutates the state.
 //!
-//! | command        | from                                                   |
-//! |----------------|--------------------------------------------------------|
-//! | `Submit`       | JobService.SubmitJob                                   |
-//! | `Cancel`       | JobService.CancelJob                                   |
-//! | `Resume`       | JobService.ResumeJob                                   |
-//! | `Register`     | WorkerService.Register                                 |
-//! | `Poll`         | WorkerService.LeaseTask                                |
-//! | `Heartbeat`    | WorkerService.Heartbeat                                |
-//! | `Complete`     | WorkerService.CompleteTask                             |
-//! | `Fail`         | WorkerService.FailTask                                 |
-//! | `Rendezvous`   | WorkerService.Rendezvous                               |
-//! | `Revoke`       | the engine, for a lease it could not deliver           |
-//! | `Decision`     | the scheduler: grant, expire, worker lost, run select  |
+//! What must be durable before the answer ([`Outcome::may_answer_before_durable`];
+//! docs/DESIGN-NOTES.md, "Durability", says why and what a crash can lose):
+//!
+//! | command        | from                                  | durable before the answer                    |
+//! |----------------|---------------------------------------|----------------------------------------------|
+//! | `Submit`       | JobService.SubmitJob                  | yes                                          |
+//! | `Cancel`       | JobService.CancelJob                  | yes                                          |
+//! | `Resume`       | JobService.ResumeJob                  | yes                                          |
+//! | `Register`     | WorkerService.Register                | yes                                          |
+//! | `Poll`         | WorkerService.LeaseTask               | the grant it is answered with is             |
+//! | `Heartbeat`    | WorkerService.Heartbeat               | no, unless it tells the worker to stop a task |
+//! | `Complete`     | WorkerService.CompleteTask            | yes                                          |
+//! | `Fail`         | WorkerService.FailTask                | yes                                          |
+//! | `Rendezvous`   | WorkerService.Rendezvous              | yes                                          |
+//! | `Revoke`       | the engine, for an undeliverable lease | yes                                         |
+//! | `Decision`     | the scheduler: grant, expire, worker lost, run select | yes; a grant reaches its worker only once durable |
+//!
+//! A heartbeat that tells the worker to carry on is answered at once: its lease renewal
+//! and progress are not decisions (a restarted coordinator re-grants every lease for one
+//! TTL, and the next heartbeat restates the progress), and its changes still reach the
+//! group committer at once, so they are on disk one commit later.
 
 use crate::decision::Decision;
 use crate::model::*;
@@ -130,6 +138,16 @@ pub enum Outcome {
     Rendezvous(Option<GangReady>),
     /// A revoke or a decision: nobody waits for an answer.
     Applied,
+}
+
+impl Outcome {
+    /// Whether the caller may have this answer before the change is durable: only a
+    /// heartbeat that tells the worker to carry on. An answer the worker acts on (stop a
+    /// task) may stem from a decision still on its way to the disk, so it waits; so does
+    /// every refusal.
+    pub fn may_answer_before_durable(&self) -> bool {
+        matches!(self, Outcome::Heartbeat { stops, .. } if stops.is_empty())
+    }
 }
 
 /// Why a command was refused; the service maps each to a typed gRPC error.
