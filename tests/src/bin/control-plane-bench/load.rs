@@ -46,6 +46,26 @@ fn micros(since: Instant) -> u64 {
     since.elapsed().as_micros().max(1) as u64
 }
 
+/// CPU seconds (user + system) the process has used so far.
+pub fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks / 100.0)
+}
+
+/// The machine's 1-minute load average: how much else wanted the CPUs meanwhile.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub fn rss_mib(pid: i32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -227,6 +247,10 @@ pub struct Run {
     pub total_tasks: u32,
     pub peak_rss: Option<f64>,
     pub idle_rss: Option<f64>,
+    /// CPU seconds the server used during the load.
+    pub cpu_seconds: Option<f64>,
+    /// The machine's 1-minute load average when the load ended.
+    pub load_average: Option<f64>,
     pub metrics: String,
 }
 
@@ -252,6 +276,7 @@ pub async fn load(args: &Args, addr: &str, pid: Option<i32>) -> anyhow::Result<R
     let job = submitted.job.context("job")?;
     let total_tasks: u32 = job.stages.iter().map(|s| s.total).sum();
     let idle_rss = pid.and_then(rss_mib);
+    let cpu_before = pid.and_then(cpu_seconds);
 
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -294,6 +319,11 @@ pub async fn load(args: &Args, addr: &str, pid: Option<i32>) -> anyhow::Result<R
     };
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let metrics = scrape_metrics(addr).await.unwrap_or_default();
+    let cpu = pid
+        .and_then(cpu_seconds)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let load_average = load_average();
     stop.store(true, Ordering::Relaxed);
     let mut lat = Latencies::new();
     for handle in handles {
@@ -309,6 +339,8 @@ pub async fn load(args: &Args, addr: &str, pid: Option<i32>) -> anyhow::Result<R
         total_tasks,
         peak_rss: pid.map(|_| peak),
         idle_rss,
+        cpu_seconds: cpu,
+        load_average,
         metrics,
     })
 }

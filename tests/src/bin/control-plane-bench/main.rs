@@ -145,5 +145,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(peak) = baseline.as_ref().and_then(|b| b.peak_rss) {
         println!("null baseline resident memory: {peak:.1} MiB peak");
     }
+    report::machine_line("coordinator", &run, args.seconds);
+    if let Some(baseline) = &baseline {
+        report::machine_line("null baseline", baseline, args.seconds);
+    }
     Ok(())
 }

@@ -121,6 +121,20 @@ pub fn store_lines(metrics: &str) {
     println!("store, redb commit alone (page writes + fsync): {}", fsync.summary());
 }
 
+/// How much CPU the server took, and how busy the machine was: the load generator shares
+/// it, and so does anything else running meanwhile (a load average above the core count
+/// means the numbers above include waiting for a CPU).
+pub fn machine_line(server: &str, run: &Run, seconds: u64) {
+    let cpu = run.cpu_seconds.map_or("-".to_string(), |s| {
+        format!(
+            "{s:.1} CPU s in {seconds} s ({:.0}% of one core)",
+            s / seconds as f64 * 100.0
+        )
+    });
+    let load = run.load_average.map_or("-".to_string(), |l| format!("{l:.2}"));
+    println!("{server}: {cpu}; machine load average (1 min) at the end of its run: {load}");
+}
+
 /// The disk's floor, from sorted fsync times.
 pub fn floor_line(times: &[Duration]) {
     if times.is_empty() {
