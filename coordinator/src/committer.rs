@@ -1,16 +1,18 @@
 //! Group commit: transitions hand their [`Batch`] to the committer under the state lock
 //! (so batches queue in the order the transitions happened) and get a ticket; a single
 //! thread writes everything queued so far in one redb transaction, then publishes the
-//! highest ticket it made durable. Callers wait for their ticket before they answer, so
-//! nothing is acted on before it is on disk, while many concurrent heartbeats share one
-//! fsync instead of queueing behind one each.
+//! highest ticket it made durable. A caller that must not answer before its change is
+//! durable waits for its ticket (most do; a heartbeat that says "carry on" does not), so
+//! nothing is acted on before it is on disk, while many concurrent calls share one fsync
+//! instead of queueing behind one each. Every write reports its times (the whole
+//! transaction, and redb's commit with the fsync) to the metrics.
 //!
 //! After each commit the committed events and log lines are broadcast to live watchers.
 //! A failed write stops the process: the in-memory state is then ahead of the disk, and
 //! a restart from the store is the only way back to a state the world has seen.
 
 use crate::model::{Event, LogRecord};
-use crate::store::{Batch, Store};
+use crate::store::{Batch, Store, WriteTimes};
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::{broadcast, watch};
 
@@ -28,11 +30,14 @@ pub struct Committer {
     committed: watch::Receiver<Ticket>,
     events: broadcast::Sender<Arc<Event>>,
     logs: broadcast::Sender<Arc<LogRecord>>,
+    /// Held by the thread while it writes; tests hold it to keep batches off the disk.
+    #[cfg_attr(not(test), allow(dead_code))]
+    writing: Arc<Mutex<()>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Committer {
-    pub fn start(store: Arc<Store>, on_commit: impl Fn(std::time::Duration) + Send + 'static) -> Committer {
+    pub fn start(store: Arc<Store>, on_commit: impl Fn(WriteTimes) + Send + 'static) -> Committer {
         let queue = Arc::new((
             Mutex::new(Queue {
                 pending: Batch::default(),
@@ -44,7 +49,9 @@ impl Committer {
         let (committed_tx, committed) = watch::channel(0);
         let (events, _) = broadcast::channel(4096);
         let (logs, _) = broadcast::channel(4096);
+        let writing = Arc::new(Mutex::new(()));
         let thread = {
+            let writing = writing.clone();
             let queue = queue.clone();
             let events = events.clone();
             let logs = logs.clone();
@@ -63,12 +70,17 @@ impl Committer {
                             }
                             (std::mem::take(&mut q.pending), q.last_ticket)
                         };
-                        let started = std::time::Instant::now();
-                        if let Err(err) = store.write(&batch) {
-                            tracing::error!(error = %err, "writing the store failed; stopping so a restart reloads a consistent state");
-                            std::process::exit(70);
+                        let written = {
+                            let _writing = writing.lock().expect("committer write gate");
+                            store.write(&batch)
+                        };
+                        match written {
+                            Ok(times) => on_commit(times),
+                            Err(err) => {
+                                tracing::error!(error = %err, "writing the store failed; stopping so a restart reloads a consistent state");
+                                std::process::exit(70);
+                            }
                         }
-                        on_commit(started.elapsed());
                         committed_tx.send_replace(ticket);
                         for event in batch.events {
                             let _ = events.send(Arc::new(event));
@@ -85,8 +97,16 @@ impl Committer {
             committed,
             events,
             logs,
+            writing,
             thread: Mutex::new(Some(thread)),
         }
+    }
+
+    /// Keeps every batch off the disk until the guard drops (tests: what answers before
+    /// its change is durable, and what waits).
+    #[cfg(test)]
+    pub(crate) fn hold_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writing.lock().expect("committer write gate")
     }
 
     /// Queues a batch; the ticket is durable once [`Committer::wait`] returns for it.

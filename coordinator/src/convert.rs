@@ -1,7 +1,8 @@
 //! Conversions between the coordinator's records and the wire types of surgery.v1, in
 //! one place (Ballista's from_proto/to_proto habit), so prost types stay at the edge.
 
-use crate::cluster::{Cluster, Reject, ReportedLog, TaskReport};
+use crate::cluster::Cluster;
+use crate::command::{Reject, ReportedLog, Stop, TaskReport};
 use crate::model::*;
 use crate::scheduler::Waiting;
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ impl From<Reject> for ServiceError {
             Reject::UnknownWorker(_) => ErrorKind::UnknownWorker,
             Reject::Invalid(_) => ErrorKind::InvalidArgument,
             Reject::Conflict(_) => ErrorKind::Conflict,
+            Reject::WrongState(_) => ErrorKind::FailedPrecondition,
         };
         ServiceError::new(kind, reject.to_string())
     }
@@ -59,7 +61,7 @@ pub fn failure_class_from(class: pb::FailureClass) -> Result<FailureClass, Rejec
     }
 }
 
-fn params(params: &TaskParams) -> pb::TaskParams {
+pub fn params(params: &TaskParams) -> pb::TaskParams {
     use pb::task_params::Kind;
     let kind = match params {
         TaskParams::Capture {
@@ -83,7 +85,7 @@ fn params(params: &TaskParams) -> pb::TaskParams {
     pb::TaskParams { kind: Some(kind) }
 }
 
-fn progress(p: &Progress) -> pb::Progress {
+pub fn progress(p: &Progress) -> pb::Progress {
     pb::Progress {
         step: p.step,
         total_steps: p.total_steps,
@@ -202,16 +204,7 @@ pub fn assignment(
         .list
         .iter()
         .filter(|dep| task.after.contains(&dep.stage))
-        .filter_map(|dep| {
-            let result = dep.result.clone()?;
-            Some((
-                dep.id.clone(),
-                pb::TaskResult {
-                    metrics: result.metrics.into_iter().collect(),
-                    artifacts: result.artifacts,
-                },
-            ))
-        })
+        .filter_map(|dep| Some((dep.id.clone(), result(dep.result.as_ref()?))))
         .collect();
     pb::TaskAssignment {
         job_id: job.id.clone(),
@@ -279,19 +272,27 @@ pub fn worker(w: &WorkerRecord, tasks: Vec<String>) -> pb::Worker {
         name: w.name.clone(),
         host: w.host.clone(),
         version: w.version.clone(),
-        slots: w
-            .slots
-            .iter()
-            .map(|s| pb::Slot {
-                device: s.device.clone(),
-                model: s.model.clone(),
-                memory_bytes: s.memory_bytes,
-            })
-            .collect(),
+        slots: w.slots.iter().map(slot).collect(),
         status: w.status.name().to_string(),
         last_seen_unix_ms: w.last_seen_ms,
         registered_unix_ms: w.registered_ms,
         tasks,
+    }
+}
+
+pub fn stop(stop: Stop) -> pb::StopTask {
+    pb::StopTask {
+        task_id: stop.task_id,
+        attempt: stop.attempt,
+        reason: stop.reason,
+    }
+}
+
+pub fn slot(s: &SlotInfo) -> pb::Slot {
+    pb::Slot {
+        device: s.device.clone(),
+        model: s.model.clone(),
+        memory_bytes: s.memory_bytes,
     }
 }
 
@@ -326,6 +327,13 @@ pub fn reports_from(reports: Vec<pb::TaskReport>) -> Vec<TaskReport> {
         .collect()
 }
 
+pub fn result(result: &TaskResult) -> pb::TaskResult {
+    pb::TaskResult {
+        metrics: result.metrics.clone().into_iter().collect(),
+        artifacts: result.artifacts.clone(),
+    }
+}
+
 pub fn result_from(result: Option<pb::TaskResult>) -> TaskResult {
     let result = result.unwrap_or_default();
     TaskResult {
@@ -333,3 +341,6 @@ pub fn result_from(result: Option<pb::TaskResult>) -> TaskResult {
         artifacts: result.artifacts,
     }
 }
+
+#[cfg(test)]
+mod tests;

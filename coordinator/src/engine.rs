@@ -1,16 +1,24 @@
 //! The engine joins the pure parts to the world: the [`Cluster`] behind one lock, the
-//! slots parked in LeaseTask long polls, and the [`Committer`]. Every mutation follows
-//! the same path - lock, transition, let the scheduler decide and apply, queue the batch,
-//! unlock, wait until it is durable, and only then answer and hand out leases - so a
-//! coordinator killed at any instant has told nobody anything the store does not hold.
+//! slots parked in LeaseTask long polls, and the [`Committer`]. Every [`Command`] takes
+//! the same path - lock, [`Cluster::apply`], let the scheduler decide and apply its
+//! decisions, queue the batch of what changed, unlock - and answers once what it must
+//! make durable is durable (command.rs says which): every command but a heartbeat that
+//! says "carry on" waits for its commit, and a lease reaches its worker only after its
+//! grant is on disk, so a coordinator killed at any instant has told nobody a decision
+//! the store does not hold. Reads wait for everything queued before them, heartbeats
+//! included, so nobody reads state that a crash could take back.
+//!
+//! Tests: engine/tests.rs drives it in-process on a fake clock.
 
-use crate::cluster::{Cluster, Reject, Timing};
+use crate::cluster::{Cluster, Timing};
+use crate::command::{Command, Outcome, Reject};
 use crate::committer::{Committer, Ticket};
 use crate::config::Config;
 use crate::convert;
+use crate::decision::{Decision, WaitingSlot};
 use crate::metrics::Metrics;
 use crate::model::*;
-use crate::scheduler::{self, Decision, Schedule, WaitingSlot};
+use crate::scheduler::{self, Schedule};
 use crate::store::{Batch, Store, StoreError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,9 +53,9 @@ pub struct State {
     next_waiter: u64,
 }
 
-/// Leases decided in a mutation, delivered once its batch is durable.
+/// A queued batch and the leases decided with it, delivered once it is durable.
 #[must_use]
-pub struct Pending {
+struct Pending {
     ticket: Ticket,
     grants: Vec<(oneshot::Sender<pb::TaskAssignment>, pb::TaskAssignment)>,
 }
@@ -91,11 +99,8 @@ impl Engine {
             path = %config.store_path().display(),
             "store loaded"
         );
-        let (commits, commit_seconds) = (metrics.store_commits.clone(), metrics.store_commit_seconds.clone());
-        let committer = Committer::start(store.clone(), move |took| {
-            commits.inc();
-            commit_seconds.observe(took.as_secs_f64());
-        });
+        let observed = metrics.clone();
+        let committer = Committer::start(store.clone(), move |took| observed.observe_commit(took));
         Ok(Engine {
             state: Mutex::new(State {
                 cluster,
@@ -119,26 +124,66 @@ impl Engine {
         self.state.lock().expect("coordinator state lock poisoned")
     }
 
-    /// Runs a transition; with `schedule`, lets the scheduler act on its outcome too.
-    /// The returned [`Pending`] must be [`Engine::finish`]ed before answering.
-    pub fn mutate<R>(&self, schedule: bool, f: impl FnOnce(&mut State, UnixMs) -> R) -> (R, Pending) {
+    /// Applies a command and answers once what it must make durable is durable.
+    pub async fn run(&self, command: Command) -> Result<Outcome, Reject> {
+        let (outcome, pending) = self.execute(command);
+        if pending.grants.is_empty() && outcome.as_ref().is_ok_and(Outcome::may_answer_before_durable) {
+            // Queued: the committer writes it with its next group; the answer does not wait.
+            drop(pending);
+        } else {
+            self.finish(pending).await;
+        }
+        outcome
+    }
+
+    /// Applies `command` again after every commit until its outcome is `done` or `wait`
+    /// passes, and answers with the last outcome (a rendezvous waits for the other
+    /// members this way).
+    pub async fn run_until(
+        &self,
+        command: Command,
+        wait: Duration,
+        done: impl Fn(&Outcome) -> bool,
+    ) -> Result<Outcome, Reject> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut commits = self.committer.commits();
+        loop {
+            commits.borrow_and_update();
+            let outcome = self.run(command.clone()).await?;
+            if done(&outcome) || tokio::time::timeout_at(deadline, commits.changed()).await.is_err() {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    /// Lock, apply, schedule (unless the command cannot open an opportunity), queue.
+    fn execute(&self, command: Command) -> (Result<Outcome, Reject>, Pending) {
         let mut state = self.lock();
         let now = self.clock.now_ms();
-        let result = f(&mut state, now);
+        let schedule = command.reschedules();
+        let outcome = state.cluster.apply(now, self.timing, command);
+        let pending = self.queue(&mut state, now, schedule);
+        (outcome, pending)
+    }
+
+    /// With `schedule`, lets the scheduler act; then queues everything the state lock's
+    /// holder changed as one batch. The returned [`Pending`] must be
+    /// [`Engine::finish`]ed before anyone acts on it.
+    fn queue(&self, state: &mut State, now: UnixMs, schedule: bool) -> Pending {
         let grants = if schedule {
-            self.run_scheduler(&mut state, now)
+            self.run_scheduler(state, now)
         } else {
             Vec::new()
         };
         let changes = state.cluster.take_changes();
         let batch = Batch::capture(changes, &state.cluster);
         let ticket = self.committer.submit(batch);
-        (result, Pending { ticket, grants })
+        Pending { ticket, grants }
     }
 
-    /// Waits until the mutation is durable, then delivers its leases. A lease whose
-    /// worker has gone away meanwhile is requeued at once instead of waiting to expire.
-    pub async fn finish(&self, pending: Pending) {
+    /// Waits until the batch is durable, then delivers its leases. A lease whose worker
+    /// has gone away meanwhile is revoked at once instead of waiting to expire.
+    async fn finish(&self, pending: Pending) {
         self.committer.wait(pending.ticket).await;
         let mut undelivered = Vec::new();
         for (reply, assignment) in pending.grants {
@@ -147,11 +192,19 @@ impl Engine {
             }
         }
         if !undelivered.is_empty() {
-            let ((), pending) = self.mutate(true, |state, now| {
-                for a in &undelivered {
-                    state.cluster.revoke(now, &a.task_id, a.attempt);
+            let pending = {
+                let mut state = self.lock();
+                let now = self.clock.now_ms();
+                for a in undelivered {
+                    let revoke = Command::Revoke {
+                        task: a.task_id,
+                        attempt: a.attempt,
+                    };
+                    // A revoke is never refused; it does nothing when the lease moved on.
+                    let _ = state.cluster.apply(now, self.timing, revoke);
                 }
-            });
+                self.queue(&mut state, now, true)
+            };
             Box::pin(self.finish(pending)).await;
         }
     }
@@ -182,10 +235,12 @@ impl Engine {
             if schedule.decisions.is_empty() {
                 break;
             }
-            for decision in &schedule.decisions {
-                state.cluster.apply(now, self.timing, decision);
-                self.metrics.count_decision(decision);
-                match decision {
+            for decision in schedule.decisions {
+                self.metrics.count_decision(&decision);
+                let command = Command::Decision(decision.clone());
+                // Decisions are never refused: the scheduler decided on this very state.
+                let _ = state.cluster.apply(now, self.timing, command);
+                match &decision {
                     Decision::Grant { job_id, task_id, slots } => {
                         let task = state
                             .cluster
@@ -234,9 +289,12 @@ impl Engine {
 
     /// The periodic pass that finds expired leases and lost workers.
     pub async fn tick(&self) {
-        let ((), pending) = self.mutate(true, |state, _| {
+        let pending = {
+            let mut state = self.lock();
+            let now = self.clock.now_ms();
             self.metrics.observe_state(&state.cluster, state.waiters.len());
-        });
+            self.queue(&mut state, now, true)
+        };
         self.finish(pending).await;
     }
 
@@ -248,32 +306,33 @@ impl Engine {
         wait: Duration,
     ) -> Result<Option<pb::TaskAssignment>, Reject> {
         let (tx, mut rx) = oneshot::channel();
-        let (parked, pending) = self.mutate(true, |state, now| {
-            state.cluster.touch_worker(now, worker_id)?;
-            let worker = &state.cluster.workers[worker_id];
-            if slot as usize >= worker.slots.len() {
-                return Err(Reject::Invalid(format!(
-                    "slot {slot} does not exist; {worker_id} registered {} slot(s)",
-                    worker.slots.len()
-                )));
-            }
-            // A newer poll for the same slot replaces an older one (a client retry).
-            state
-                .waiters
-                .retain(|w| !(w.slot.worker_id == worker_id && w.slot.slot == slot));
-            state.next_waiter += 1;
-            let id = state.next_waiter;
-            state.waiters.push(Waiter {
-                slot: WaitingSlot {
-                    worker_id: worker_id.to_string(),
-                    slot,
-                    since_ms: now,
-                },
-                id,
-                reply: tx,
+        let (parked, pending) = {
+            let mut state = self.lock();
+            let now = self.clock.now_ms();
+            let poll = Command::Poll {
+                worker_id: worker_id.to_string(),
+                slot,
+            };
+            let parked = state.cluster.apply(now, self.timing, poll).map(|_| {
+                // A newer poll for the same slot replaces an older one (a client retry).
+                state
+                    .waiters
+                    .retain(|w| !(w.slot.worker_id == worker_id && w.slot.slot == slot));
+                state.next_waiter += 1;
+                let id = state.next_waiter;
+                state.waiters.push(Waiter {
+                    slot: WaitingSlot {
+                        worker_id: worker_id.to_string(),
+                        slot,
+                        since_ms: now,
+                    },
+                    id,
+                    reply: tx,
+                });
+                id
             });
-            Ok(id)
-        });
+            (parked, self.queue(&mut state, now, true))
+        };
         self.finish(pending).await;
         let waiter_id = parked?;
         match tokio::time::timeout(wait, &mut rx).await {
@@ -301,44 +360,6 @@ impl Engine {
         self.lock().waiters.clear();
     }
 
-    /// Rendezvous: check in, then wait for the other members (or `wait`).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn rendezvous(
-        &self,
-        worker_id: &str,
-        task_id: &str,
-        attempt: u32,
-        rank: u32,
-        endpoint: &str,
-        nccl_unique_id: &[u8],
-        wait: Duration,
-    ) -> Result<Option<crate::cluster::Rendezvous>, Reject> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut commits = self.committer.commits();
-        loop {
-            commits.borrow_and_update();
-            let (outcome, pending) = self.mutate(false, |state, now| {
-                state.cluster.rendezvous(
-                    now,
-                    self.timing,
-                    worker_id,
-                    task_id,
-                    attempt,
-                    rank,
-                    endpoint,
-                    nccl_unique_id,
-                )
-            });
-            self.finish(pending).await;
-            if let Some(ready) = outcome? {
-                return Ok(Some(ready));
-            }
-            if tokio::time::timeout_at(deadline, commits.changed()).await.is_err() {
-                return Ok(None);
-            }
-        }
-    }
-
     pub fn committer(&self) -> &Committer {
         &self.committer
     }
@@ -348,3 +369,6 @@ impl Engine {
         self.committer.close();
     }
 }
+
+#[cfg(test)]
+mod tests;

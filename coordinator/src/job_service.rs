@@ -1,7 +1,8 @@
-//! JobService: what users (surgeryctl) call. Thin: validate the request, run the
-//! transition through the [`Engine`], convert the answer.
+//! JobService: what users (surgeryctl) call. Thin: decode the request into a
+//! [`Command`] (parsing the spec is decoding), run it through the [`Engine`], encode the
+//! answer; reads go straight to the engine's durable view.
 
-use crate::cluster::Reject;
+use crate::command::{Command, Outcome, Reject};
 use crate::convert;
 use crate::engine::{Engine, short_id};
 use crate::model::{JobState, TaskRecord};
@@ -46,6 +47,15 @@ pub async fn observed<T>(
     result
 }
 
+/// A command answered with another command's outcome: a bug, reported as one.
+pub fn unexpected(method: &str) -> Status {
+    ServiceError::new(
+        ErrorKind::Internal,
+        format!("{method}: the engine answered with another command's outcome"),
+    )
+    .into_status()
+}
+
 /// A spec error as the typed error a client prints field by field.
 pub fn spec_error_status(err: &surgery_core::spec::SpecError) -> Status {
     let fields = err
@@ -83,13 +93,16 @@ impl pb::job_service_server::JobService for JobApi {
         observed(&self.engine, "SubmitJob", async {
             let req = request.into_inner();
             let spec = JobSpec::parse(&req.spec_yaml).map_err(|e| spec_error_status(&e))?;
-            let (outcome, pending) = self.engine.mutate(true, |state, now| {
-                state
-                    .cluster
-                    .submit(now, &req.request_id, &req.spec_yaml, &spec, &short_id())
-            });
-            self.engine.finish(pending).await;
-            let submitted = outcome.map_err(convert::reject_status)?;
+            let command = Command::Submit {
+                request_id: req.request_id,
+                spec_yaml: req.spec_yaml,
+                spec: Arc::new(spec),
+                id_suffix: short_id(),
+            };
+            let outcome = self.engine.run(command).await.map_err(convert::reject_status)?;
+            let Outcome::Submitted(submitted) = outcome else {
+                return Err(unexpected("SubmitJob"));
+            };
             if submitted.created {
                 tracing::info!(job = %submitted.job_id, "job submitted");
             }
@@ -185,12 +198,19 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         observed(&self.engine, "CancelJob", async {
             let req = request.into_inner();
-            let (outcome, pending) = self.engine.mutate(true, |state, now| {
-                state.cluster.cancel_job(now, &req.job_id, &req.reason)?;
-                job_view(&self.engine, state, now, &req.job_id)
-            });
-            self.engine.finish(pending).await;
-            let job = outcome.map_err(convert::reject_status)?;
+            let command = Command::Cancel {
+                job_id: req.job_id.clone(),
+                reason: req.reason,
+            };
+            let outcome = self.engine.run(command).await.map_err(convert::reject_status)?;
+            let Outcome::Cancelled = outcome else {
+                return Err(unexpected("CancelJob"));
+            };
+            let job = self
+                .engine
+                .read(|state, now| job_view(&self.engine, state, now, &req.job_id))
+                .await
+                .map_err(convert::reject_status)?;
             Ok(Response::new(pb::CancelJobResponse { job: Some(job) }))
         })
         .await
@@ -202,12 +222,18 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<pb::ResumeJobResponse>, Status> {
         observed(&self.engine, "ResumeJob", async {
             let req = request.into_inner();
-            let (outcome, pending) = self.engine.mutate(true, |state, now| {
-                let resumed = state.cluster.resume_job(now, &req.job_id)?;
-                Ok::<_, Reject>((resumed, job_view(&self.engine, state, now, &req.job_id)?))
-            });
-            self.engine.finish(pending).await;
-            let (resumed, job) = outcome.map_err(convert::reject_status)?;
+            let command = Command::Resume {
+                job_id: req.job_id.clone(),
+            };
+            let outcome = self.engine.run(command).await.map_err(convert::reject_status)?;
+            let Outcome::Resumed(resumed) = outcome else {
+                return Err(unexpected("ResumeJob"));
+            };
+            let job = self
+                .engine
+                .read(|state, now| job_view(&self.engine, state, now, &req.job_id))
+                .await
+                .map_err(convert::reject_status)?;
             Ok(Response::new(pb::ResumeJobResponse {
                 job: Some(job),
                 resumed_tasks: resumed,

@@ -12,43 +12,9 @@
 //! cluster does not even have enough such slots, in which case it reserves nothing.
 
 use crate::cluster::{Cluster, Timing};
+use crate::decision::{Decision, SlotRef, WaitingSlot};
 use crate::model::*;
 use std::collections::{BTreeMap, HashSet};
-
-/// A worker slot blocked in LeaseTask.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WaitingSlot {
-    pub worker_id: WorkerId,
-    pub slot: u32,
-    pub since_ms: UnixMs,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotRef {
-    pub worker_id: WorkerId,
-    pub slot: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Lease the task to these slots; rank = position.
-    Grant {
-        job_id: JobId,
-        task_id: TaskId,
-        slots: Vec<SlotRef>,
-    },
-    /// A member missed its deadline: requeue the whole (gang) task.
-    Expire {
-        job_id: JobId,
-        task_id: TaskId,
-        attempt: u32,
-        reason: String,
-    },
-    /// No word from the worker within the timeout: requeue its leases.
-    WorkerLost { worker_id: WorkerId },
-    /// Run the select stage inside the coordinator.
-    RunSelect { job_id: JobId, task_id: TaskId },
-}
 
 /// Why a job waits, and where it stands among waiting jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -132,12 +132,23 @@ mod tests {
     use super::*;
     use crate::model::TaskResult;
     use crate::planner::plan;
+    use surgery_core::spec::SelectionSpec;
 
-    fn tiny(selection: &str, cost: &str) -> JobSpec {
-        let yaml = include_str!("../../configs/tiny.yaml")
-            .replace("    knapsack:           # at 72 tokens the feature maps cost more FLOPs than\n      budget: 0.8       # they save, so only low budgets force linear blocks\n      cost: flops\n", selection)
-            .replace("cost: flops", cost);
-        JobSpec::parse(&yaml).unwrap()
+    /// The tiny config with `surgery.selection` set to `selection` (a YAML mapping that
+    /// names one rule), validated as a submitted spec is. The key is set in the parsed
+    /// document, not found by text, so editing the config's comments cannot make these
+    /// tests run the unchanged selection.
+    fn tiny(selection: &str) -> JobSpec {
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(include_str!("../../configs/tiny.yaml")).unwrap();
+        let wanted: serde_yaml::Value = serde_yaml::from_str(selection).unwrap();
+        doc["surgery"]["selection"] = wanted;
+        let spec = JobSpec::parse(&serde_yaml::to_string(&doc).unwrap()).unwrap();
+        assert_eq!(
+            spec.surgery.selection,
+            serde_yaml::from_str::<SelectionSpec>(selection).unwrap(),
+            "the selection under test"
+        );
+        spec
     }
 
     /// Marks every distill task succeeded with error = block + 10 / rate (so higher rates
@@ -167,7 +178,7 @@ mod tests {
 
     #[test]
     fn knapsack_over_flops_meets_the_budget() {
-        let spec = tiny("    knapsack:\n      budget: 0.8\n      cost: flops\n", "cost: flops");
+        let spec = tiny("knapsack: {budget: 0.8, cost: flops}");
         let chosen = select(&spec, &distilled(&spec)).unwrap();
         assert_eq!(chosen.layout.len(), 2);
         let cost = chosen.metrics[results::TOTAL_COST];
@@ -182,10 +193,7 @@ mod tests {
 
     #[test]
     fn measured_costs_come_from_the_distill_results() {
-        let spec = tiny(
-            "    knapsack:\n      budget: 0.6\n      cost: measured\n",
-            "cost: measured",
-        );
+        let spec = tiny("knapsack: {budget: 0.6, cost: measured}");
         let chosen = select(&spec, &distilled(&spec)).unwrap();
         assert_eq!(chosen.metrics[results::SOFTMAX_COST], 22.0);
         assert!(chosen.metrics[results::TOTAL_COST] <= 0.6 * 22.0);
@@ -193,10 +201,7 @@ mod tests {
 
     #[test]
     fn missing_metric_is_named() {
-        let spec = tiny(
-            "    knapsack:\n      budget: 0.6\n      cost: measured\n",
-            "cost: measured",
-        );
+        let spec = tiny("knapsack: {budget: 0.6, cost: measured}");
         let mut tasks = distilled(&spec);
         let t = tasks.iter_mut().find(|t| t.stage == Stage::Distill).unwrap();
         t.result.as_mut().unwrap().metrics.remove(results::ATTENTION_MS);
@@ -206,14 +211,14 @@ mod tests {
 
     #[test]
     fn infeasible_budget_is_a_clear_failure() {
-        let spec = tiny("    knapsack:\n      budget: 0.01\n      cost: flops\n", "cost: flops");
+        let spec = tiny("knapsack: {budget: 0.01, cost: flops}");
         let err = select(&spec, &distilled(&spec)).unwrap_err();
         assert!(err.contains("infeasible"), "{err}");
     }
 
     #[test]
     fn layout_and_homogeneous_rules() {
-        let spec = tiny("    layout:\n      - {blocks: [1], rate: linear}\n", "cost: flops");
+        let spec = tiny("layout: [{blocks: [1], rate: linear}]");
         let chosen = select(&spec, &distilled(&spec)).unwrap();
         assert_eq!(chosen.layout, vec![(0, Rate::Softmax), (1, Rate::Linear)]);
         assert_eq!(
@@ -221,7 +226,7 @@ mod tests {
             "selected block 1 at linear; 1 softmax"
         );
 
-        let spec = tiny("    homogeneous: {rate: 4, blocks: 1}\n", "cost: flops");
+        let spec = tiny("homogeneous: {rate: 4, blocks: 1}");
         let chosen = select(&spec, &distilled(&spec)).unwrap();
         // Block 0 has the lower error at R4.
         assert_eq!(chosen.layout, vec![(0, Rate::Hybrid(4)), (1, Rate::Softmax)]);

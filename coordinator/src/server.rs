@@ -1,5 +1,5 @@
 //! Starts the coordinator: open the store, bind the port, then serve gRPC (JobService,
-//! WorkerService, grpc.health.v1, reflection) and the HTTP pages on that one port until
+//! WorkerService, grpc.health.v1, reflection v1 and v1alpha) and the HTTP pages on that one port until
 //! the shutdown future resolves; then flush the store. A library function so tests and
 //! benchmarks can run a coordinator in-process as well as through the binary.
 
@@ -51,10 +51,15 @@ pub async fn start_with_clock(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<JobApi>>().await;
     health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(surgery_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: grpcurl speaks v1, while Python's grpcio-reflection
+    // (and other stock clients) only speak v1alpha.
+    let described = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(surgery_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = described().build_v1()?;
+    let reflection_v1alpha = described().build_v1alpha()?;
     let jobs = JobServiceServer::new(JobApi { engine: engine.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -65,6 +70,7 @@ pub async fn start_with_clock(
         .add_service(workers)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .into_axum_router();
     let token = config.auth_token.clone();
     let app = grpc

@@ -9,6 +9,7 @@ use crate::cluster::{Changes, Cluster, Counters};
 use crate::model::*;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const TASKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("tasks");
@@ -134,6 +135,15 @@ pub struct Store {
     db: Database,
 }
 
+/// Where one durable write spent its time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WriteTimes {
+    /// The whole transaction: serialising and inserting the records, then committing.
+    pub total: Duration,
+    /// The commit alone: redb writing its dirty pages and the fsync, the disk's share.
+    pub commit: Duration,
+}
+
 fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialise")
 }
@@ -215,8 +225,9 @@ impl Store {
         Ok(loaded)
     }
 
-    /// Writes a batch in one durable transaction.
-    pub fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// Writes a batch in one durable transaction, and says where the time went.
+    pub fn write(&self, batch: &Batch) -> Result<WriteTimes, StoreError> {
+        let started = Instant::now();
         let txn = self.db.begin_write()?;
         {
             let mut jobs = txn.open_table(JOBS)?;
@@ -251,8 +262,12 @@ impl Store {
                 txn.open_table(META)?.insert(COUNTERS_KEY, json(counters).as_slice())?;
             }
         }
+        let committing = Instant::now();
         txn.commit()?;
-        Ok(())
+        Ok(WriteTimes {
+            total: started.elapsed(),
+            commit: committing.elapsed(),
+        })
     }
 
     /// The job's events with seq > `after_seq`, oldest first, at most `limit`.
@@ -312,6 +327,8 @@ impl Store {
 mod tests {
     use super::*;
     use crate::cluster::Timing;
+    use crate::command::{Command, Outcome};
+    use std::sync::Arc;
     use surgery_core::spec::JobSpec;
 
     #[test]
@@ -319,9 +336,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.redb");
         let yaml = include_str!("../../configs/tiny.yaml");
-        let spec = JobSpec::parse(yaml).unwrap();
+        let timing = Timing {
+            lease_ttl_ms: 1,
+            worker_timeout_ms: 1,
+        };
         let mut cluster = Cluster::default();
-        let job = cluster.submit(5, "r1", yaml, &spec, "abc").unwrap().job_id;
+        let submit = Command::Submit {
+            request_id: "r1".into(),
+            spec_yaml: yaml.into(),
+            spec: Arc::new(JobSpec::parse(yaml).unwrap()),
+            id_suffix: "abc".into(),
+        };
+        let Ok(Outcome::Submitted(submitted)) = cluster.apply(5, timing, submit) else {
+            panic!("submit refused");
+        };
+        let job = submitted.job_id;
         {
             let store = Store::open(&path).unwrap();
             let batch = Batch::capture(cluster.take_changes(), &cluster);
@@ -344,10 +373,7 @@ mod tests {
 
         let restored = Cluster::restore(
             10,
-            Timing {
-                lease_ttl_ms: 1,
-                worker_timeout_ms: 1,
-            },
+            timing,
             loaded.jobs,
             loaded.tasks,
             loaded.workers,

@@ -1,10 +1,12 @@
 //! WorkerService: what workers call - register, heartbeat, lease (long poll), complete,
-//! fail, and the gang rendezvous that relays rank 0's NCCL unique id.
+//! fail, and the gang rendezvous that relays rank 0's NCCL unique id. Decode a request
+//! into a [`Command`], run it through the [`Engine`], encode the [`Outcome`]; the rules
+//! live in the transitions.
 
-use crate::cluster::Reject;
+use crate::command::{Command, Outcome, Reject};
 use crate::convert;
 use crate::engine::{Engine, short_id};
-use crate::job_service::observed;
+use crate::job_service::{observed, unexpected};
 use std::sync::Arc;
 use std::time::Duration;
 use surgery_proto::v1 as pb;
@@ -24,6 +26,10 @@ impl WorkerApi {
             Duration::from_millis(u64::from(wait_ms)).min(max)
         }
     }
+
+    async fn run(&self, command: Command) -> Result<Outcome, Status> {
+        self.engine.run(command).await.map_err(convert::reject_status)
+    }
 }
 
 fn require(field: &str, value: &str) -> Result<(), Status> {
@@ -36,23 +42,23 @@ fn require(field: &str, value: &str) -> Result<(), Status> {
     }
 }
 
-/// 128 bytes, NCCL's ncclUniqueId.
-const NCCL_UNIQUE_ID_BYTES: usize = 128;
-
 #[tonic::async_trait]
 impl pb::worker_service_server::WorkerService for WorkerApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         observed(&self.engine, "Register", async {
             let req = request.into_inner();
-            let slots = convert::slots_from(req.slots);
-            let (outcome, pending) = self.engine.mutate(true, |state, now| {
-                state
-                    .cluster
-                    .register(now, &req.name, &req.host, &req.version, slots, &short_id())
-            });
-            self.engine.finish(pending).await;
-            let worker_id = outcome.map_err(convert::reject_status)?;
-            tracing::info!(worker = %worker_id, host = %req.host, "worker registered");
+            let host = req.host.clone();
+            let command = Command::Register {
+                name: req.name,
+                host: req.host,
+                version: req.version,
+                slots: convert::slots_from(req.slots),
+                id_suffix: short_id(),
+            };
+            let Outcome::Registered(worker_id) = self.run(command).await? else {
+                return Err(unexpected("Register"));
+            };
+            tracing::info!(worker = %worker_id, %host, "worker registered");
             let config = &self.engine.config;
             Ok(Response::new(pb::RegisterResponse {
                 worker_id,
@@ -70,28 +76,20 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         observed(&self.engine, "Heartbeat", async {
             let req = request.into_inner();
             require("worker_id", &req.worker_id)?;
-            let reports = convert::reports_from(req.tasks);
-            let timing = self.engine.timing;
-            // Heartbeats change no scheduling opportunity; the periodic tick handles
-            // expiries, so skip the scheduler here (it is the hot path).
-            let (outcome, pending) = self.engine.mutate(false, |state, now| {
-                state
-                    .cluster
-                    .heartbeat(now, timing, &req.worker_id, reports)
-                    .map(|stops| (stops, now + timing.lease_ttl_ms))
-            });
-            self.engine.finish(pending).await;
-            let (stops, deadline) = outcome.map_err(convert::reject_status)?;
+            let command = Command::Heartbeat {
+                worker_id: req.worker_id,
+                reports: convert::reports_from(req.tasks),
+            };
+            let Outcome::Heartbeat {
+                stops,
+                lease_deadline_ms,
+            } = self.run(command).await?
+            else {
+                return Err(unexpected("Heartbeat"));
+            };
             Ok(Response::new(pb::HeartbeatResponse {
-                stop: stops
-                    .into_iter()
-                    .map(|s| pb::StopTask {
-                        task_id: s.task_id,
-                        attempt: s.attempt,
-                        reason: s.reason,
-                    })
-                    .collect(),
-                lease_deadline_unix_ms: deadline,
+                stop: stops.into_iter().map(convert::stop).collect(),
+                lease_deadline_unix_ms: lease_deadline_ms,
             }))
         })
         .await
@@ -125,19 +123,15 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         observed(&self.engine, "CompleteTask", async {
             let req = request.into_inner();
             require("worker_id", &req.worker_id)?;
-            let result = convert::result_from(req.result);
-            if let Some((name, value)) = result.metrics.iter().find(|(_, v)| !v.is_finite()) {
-                return Err(convert::reject_status(Reject::Invalid(format!(
-                    "result metric `{name}` is {value}; report a failure instead of a non-finite result"
-                ))));
-            }
-            let (outcome, pending) = self.engine.mutate(true, |state, now| {
-                state
-                    .cluster
-                    .complete(now, &req.worker_id, &req.task_id, req.attempt, result)
-            });
-            self.engine.finish(pending).await;
-            outcome.map_err(convert::reject_status)?;
+            let command = Command::Complete {
+                worker_id: req.worker_id,
+                task: req.task_id,
+                attempt: req.attempt,
+                result: convert::result_from(req.result),
+            };
+            let Outcome::Completed = self.run(command).await? else {
+                return Err(unexpected("CompleteTask"));
+            };
             Ok(Response::new(pb::CompleteTaskResponse {}))
         })
         .await
@@ -150,14 +144,18 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             let class = pb::FailureClass::try_from(req.class)
                 .map_err(|_| convert::reject_status(Reject::Invalid(format!("unknown failure class {}", req.class))))
                 .and_then(|c| convert::failure_class_from(c).map_err(convert::reject_status))?;
-            let (outcome, pending) = self.engine.mutate(true, |state, now| {
-                state
-                    .cluster
-                    .fail(now, &req.worker_id, &req.task_id, req.attempt, class, &req.message)
-            });
-            self.engine.finish(pending).await;
-            let outcome = outcome.map_err(convert::reject_status)?;
-            tracing::warn!(task = %req.task_id, attempt = req.attempt, class = class.word(), message = %req.message, %outcome, "task failed");
+            let (task, attempt, message) = (req.task_id.clone(), req.attempt, req.message.clone());
+            let command = Command::Fail {
+                worker_id: req.worker_id,
+                task: req.task_id,
+                attempt: req.attempt,
+                class,
+                message: req.message,
+            };
+            let Outcome::Failed(outcome) = self.run(command).await? else {
+                return Err(unexpected("FailTask"));
+            };
+            tracing::warn!(%task, attempt, class = class.word(), %message, %outcome, "task failed");
             Ok(Response::new(pb::FailTaskResponse { outcome }))
         })
         .await
@@ -170,31 +168,23 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         observed(&self.engine, "Rendezvous", async {
             let req = request.into_inner();
             require("worker_id", &req.worker_id)?;
-            if req.rank != 0 && !req.nccl_unique_id.is_empty() {
-                return Err(convert::reject_status(Reject::Invalid(
-                    "only rank 0 brings the NCCL unique id".into(),
-                )));
-            }
-            if !req.nccl_unique_id.is_empty() && req.nccl_unique_id.len() != NCCL_UNIQUE_ID_BYTES {
-                return Err(convert::reject_status(Reject::Invalid(format!(
-                    "an NCCL unique id has {NCCL_UNIQUE_ID_BYTES} bytes, not {}",
-                    req.nccl_unique_id.len()
-                ))));
-            }
             let wait = self.poll_wait(req.wait_ms);
-            let ready = self
+            let check_in = Command::Rendezvous {
+                worker_id: req.worker_id,
+                task: req.task_id,
+                attempt: req.attempt,
+                rank: req.rank,
+                endpoint: req.endpoint,
+                nccl_unique_id: req.nccl_unique_id,
+            };
+            let outcome = self
                 .engine
-                .rendezvous(
-                    &req.worker_id,
-                    &req.task_id,
-                    req.attempt,
-                    req.rank,
-                    &req.endpoint,
-                    &req.nccl_unique_id,
-                    wait,
-                )
+                .run_until(check_in, wait, |o| matches!(o, Outcome::Rendezvous(Some(_))))
                 .await
                 .map_err(convert::reject_status)?;
+            let Outcome::Rendezvous(ready) = outcome else {
+                return Err(unexpected("Rendezvous"));
+            };
             Ok(Response::new(match ready {
                 Some(r) => pb::RendezvousResponse {
                     ready: true,

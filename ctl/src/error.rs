@@ -118,6 +118,7 @@ mod tests {
             (ErrorKind::Internal, 1),
             (ErrorKind::Unauthenticated, 7),
             (ErrorKind::Unavailable, 5),
+            (ErrorKind::FailedPrecondition, 6),
         ];
         for (kind, code) in expected {
             assert_eq!(service(kind, "x").exit_code(), code, "{kind:?}");
@@ -126,7 +127,8 @@ mod tests {
 
     #[test]
     fn statuses_from_the_wire_keep_their_kind() {
-        let typed = ServiceError::new(ErrorKind::Conflict, "job tiny-1 already ended").into_status();
+        let typed = ServiceError::new(ErrorKind::FailedPrecondition, "job tiny-1 already ended").into_status();
+        assert_eq!(typed.code(), tonic::Code::FailedPrecondition);
         let err = CtlError::rpc(typed);
         assert_eq!(err.exit_code(), exit::CONFLICT);
         assert_eq!(err.render(), "error: job tiny-1 already ended");

@@ -9,7 +9,8 @@
 //! | 3    | [`INVALID_SPEC`]    | the job spec is invalid (locally or on the server)             |
 //! | 4    | [`NOT_FOUND`]       | no such job, task or worker                                    |
 //! | 5    | [`UNAVAILABLE`]     | the coordinator cannot be reached or is unavailable            |
-//! | 6    | [`CONFLICT`]        | request id reused with another spec, cancelling an ended job   |
+//! | 6    | [`CONFLICT`]        | request id reused with another spec, cancelling an ended job,  |
+//! |      |                     | resuming a job that has not ended                              |
 //! | 7    | [`UNAUTHENTICATED`] | missing or wrong token                                         |
 //! | 8    | [`JOB_FAILED`]      | the watched job failed or was cancelled                        |
 
@@ -34,7 +35,7 @@ Exit codes:
   3  invalid job spec
   4  not found (job, task or worker)
   5  coordinator unreachable or unavailable
-  6  conflict (request id reused with another spec, job already ended, stale attempt)
+  6  conflict (request id reused with another spec, job already ended or not ended, stale attempt)
   7  unauthenticated (missing or wrong --token / SURGERY_TOKEN)
   8  the watched job failed or was cancelled";
 
@@ -46,7 +47,9 @@ pub fn for_kind(kind: ErrorKind) -> u8 {
         ErrorKind::InvalidSpec => INVALID_SPEC,
         ErrorKind::NotFound | ErrorKind::UnknownWorker => NOT_FOUND,
         ErrorKind::Unavailable => UNAVAILABLE,
-        ErrorKind::Conflict | ErrorKind::StaleAttempt => CONFLICT,
+        // FAILED_PRECONDITION (cancel an ended job, resume a running one) kept the code
+        // these calls had when the coordinator answered them as conflicts.
+        ErrorKind::Conflict | ErrorKind::StaleAttempt | ErrorKind::FailedPrecondition => CONFLICT,
         ErrorKind::Unauthenticated => UNAUTHENTICATED,
         ErrorKind::InvalidArgument | ErrorKind::Internal | ErrorKind::Unspecified => OTHER,
     }

@@ -125,9 +125,9 @@ impl JobService for Fake {
         let request = request.into_inner();
         self.seen.lock().unwrap().cancels.push(request.clone());
         match request.job_id.as_str() {
-            "good-1" => {
-                Err(ServiceError::new(ErrorKind::Conflict, "job good-1 already ended (succeeded)").into_status())
-            }
+            "good-1" => Err(
+                ServiceError::new(ErrorKind::FailedPrecondition, "job good-1 already ended (succeeded)").into_status(),
+            ),
             "run-1" => Ok(Response::new(CancelJobResponse {
                 job: Some(job("run-1", JobState::Cancelled)),
             })),

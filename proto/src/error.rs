@@ -24,7 +24,7 @@ impl ServiceError {
         match self.kind() {
             ErrorKind::InvalidSpec | ErrorKind::InvalidArgument => Code::InvalidArgument,
             ErrorKind::NotFound => Code::NotFound,
-            ErrorKind::StaleAttempt => Code::FailedPrecondition,
+            ErrorKind::StaleAttempt | ErrorKind::FailedPrecondition => Code::FailedPrecondition,
             ErrorKind::Conflict => Code::AlreadyExists,
             ErrorKind::UnknownWorker => Code::NotFound,
             ErrorKind::Unauthenticated => Code::Unauthenticated,
@@ -121,6 +121,16 @@ mod tests {
             back.render(),
             "spec has 1 error\n  surgery.rates[1] (line 14, column 5): rate must be at least 2"
         );
+    }
+
+    #[test]
+    fn a_state_that_forbids_the_call_is_failed_precondition() {
+        let status = ServiceError::new(ErrorKind::FailedPrecondition, "job j already ended (succeeded)").into_status();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(decode(&status).kind(), ErrorKind::FailedPrecondition);
+        // A conflict (a request id reused with another spec) stays ALREADY_EXISTS.
+        let status = ServiceError::new(ErrorKind::Conflict, "request id reused").into_status();
+        assert_eq!(status.code(), Code::AlreadyExists);
     }
 
     #[test]

@@ -275,17 +275,18 @@ async fn cancel_reaches_a_running_task_at_its_next_heartbeat() {
     assert_eq!(cancelled.failure, "wrong budget");
     let beat = worker.heartbeat(&task, 2, &[]).await.unwrap();
     assert_eq!(beat.stop[0].reason, "task capture/shard-0000 was cancelled");
-    // Cancelling again is a conflict with the real reason.
-    let err = decode(
-        &jobs
-            .cancel_job(pb::CancelJobRequest {
-                job_id: job.id.clone(),
-                reason: String::new(),
-            })
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(err.kind(), ErrorKind::Conflict);
+    // Cancelling again: the job's state forbids it (FAILED_PRECONDITION, not
+    // ALREADY_EXISTS), with the real reason.
+    let status = jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    let err = decode(&status);
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
     assert_eq!(err.message, format!("job {} already ended (cancelled)", job.id));
 
     // Resume puts the work back.
@@ -296,6 +297,16 @@ async fn cancel_reaches_a_running_task_at_its_next_heartbeat() {
         .into_inner();
     assert_eq!(resumed.job.unwrap().state(), pb::JobState::Running);
     assert!(resumed.resumed_tasks.contains(&"capture/shard-0000".to_string()));
+    // Resuming a running job is refused the same way.
+    let status = jobs
+        .resume_job(pb::ResumeJobRequest { job_id: job.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        decode(&status).message,
+        format!("job {} is running; only failed or cancelled jobs resume", job.id)
+    );
     let again = worker.lease(0, 2000).await.unwrap().unwrap();
     assert_eq!((again.task_id.as_str(), again.attempt), (task.task_id.as_str(), 2));
 }
@@ -572,15 +583,29 @@ async fn health_and_reflection_are_answered() {
         );
     }
 
+    // Reflection answers in v1 (grpcurl) and v1alpha (Python's grpcio-reflection).
+    let expected = [
+        "surgery.v1.JobService",
+        "surgery.v1.WorkerService",
+        "grpc.health.v1.Health",
+    ];
+    let v1 = list_services_v1(channel.clone()).await;
+    let v1alpha = list_services_v1alpha(channel).await;
+    for name in expected {
+        assert!(v1.contains(&name.to_string()), "v1: {v1:?}");
+        assert!(v1alpha.contains(&name.to_string()), "v1alpha: {v1alpha:?}");
+    }
+}
+
+async fn list_services_v1(channel: tonic::transport::Channel) -> Vec<String> {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut reflection = ServerReflectionClient::new(channel);
     let request = tonic_reflection::pb::v1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = reflection
+    let mut responses = ServerReflectionClient::new(channel)
         .server_reflection_info(futures::stream::iter(vec![request]))
         .await
         .unwrap()
@@ -589,14 +614,27 @@ async fn health_and_reflection_are_answered() {
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection answer");
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in [
-        "surgery.v1.JobService",
-        "surgery.v1.WorkerService",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(names.contains(&expected.to_string()), "{names:?}");
-    }
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+async fn list_services_v1alpha(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected v1alpha reflection answer");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
 }
 
 #[tokio::test]

@@ -2,12 +2,14 @@
 //! sleeps, no threads, no store.
 
 use super::*;
-use crate::cluster::{Reject, ReportedLog, Stop, TaskReport};
+use crate::command::{Command, GangReady, Outcome, Reject, ReportedLog, Stop, Submitted, TaskReport};
+use crate::decision::{Decision, WaitingSlot};
 use surgery_core::ids::TaskRef;
 
 fn full_task_id(job: &str, task: &str) -> String {
     TaskRef::new(job, task).to_string()
 }
+use std::sync::Arc;
 use surgery_core::spec::JobSpec;
 
 const TTL: i64 = 10_000;
@@ -48,13 +50,58 @@ impl Sim {
     }
 
     fn submit(&mut self, yaml: &str) -> JobId {
-        let spec = JobSpec::parse(yaml).unwrap();
         let suffix = self.suffix();
         let request = format!("req-{suffix}");
-        self.cluster
-            .submit(self.now, &request, yaml, &spec, &suffix)
-            .unwrap()
-            .job_id
+        self.submit_as(&request, yaml, &suffix).unwrap().job_id
+    }
+
+    /// Applies a command at the simulated time.
+    fn apply(&mut self, command: Command) -> Result<Outcome, Reject> {
+        self.cluster.apply(self.now, self.timing, command)
+    }
+
+    fn submit_as(&mut self, request_id: &str, yaml: &str, suffix: &str) -> Result<Submitted, Reject> {
+        let command = Command::Submit {
+            request_id: request_id.into(),
+            spec_yaml: yaml.into(),
+            spec: Arc::new(JobSpec::parse(yaml).unwrap()),
+            id_suffix: suffix.into(),
+        };
+        match self.apply(command)? {
+            Outcome::Submitted(submitted) => Ok(submitted),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn cancel(&mut self, job: &str) -> Result<(), Reject> {
+        let command = Command::Cancel {
+            job_id: job.into(),
+            reason: String::new(),
+        };
+        self.apply(command).map(|o| assert_eq!(o, Outcome::Cancelled))
+    }
+
+    fn resume(&mut self, job: &str) -> Result<Vec<TaskId>, Reject> {
+        match self.apply(Command::Resume { job_id: job.into() })? {
+            Outcome::Resumed(tasks) => Ok(tasks),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A worker heard from without reporting any task.
+    fn touch(&mut self, worker: &str) -> Result<(), Reject> {
+        self.beat(worker, vec![]).map(|_| ())
+    }
+
+    fn beat(&mut self, worker: &str, reports: Vec<TaskReport>) -> Result<Vec<Stop>, Reject> {
+        let command = Command::Heartbeat {
+            worker_id: worker.into(),
+            reports,
+        };
+        match self.apply(command)? {
+            Outcome::Heartbeat { stops, .. } => Ok(stops),
+            other => panic!("{other:?}"),
+        }
     }
 
     fn worker(&mut self, name: &str, device: &str, slots: u32) -> WorkerId {
@@ -66,9 +113,17 @@ impl Sim {
                 memory_bytes: 80 << 30,
             })
             .collect();
-        self.cluster
-            .register(self.now, name, "host", "test", slots, &suffix)
-            .unwrap()
+        let command = Command::Register {
+            name: name.into(),
+            host: "host".into(),
+            version: "test".into(),
+            slots,
+            id_suffix: suffix,
+        };
+        match self.apply(command).unwrap() {
+            Outcome::Registered(id) => id,
+            other => panic!("{other:?}"),
+        }
     }
 
     fn wait(&mut self, worker: &str, slot: u32) {
@@ -88,7 +143,7 @@ impl Sim {
                 return all;
             }
             for d in &schedule.decisions {
-                self.cluster.apply(self.now, self.timing, d);
+                self.apply(Command::Decision(d.clone())).unwrap();
                 if let Decision::Grant { slots, .. } = d {
                     self.waiting
                         .retain(|w| !slots.iter().any(|s| s.worker_id == w.worker_id && s.slot == w.slot));
@@ -123,17 +178,28 @@ impl Sim {
                 message: format!("step {step}"),
             }],
         };
-        self.cluster.heartbeat(self.now, self.timing, worker, vec![report])
+        self.beat(worker, vec![report])
     }
 
     fn complete(&mut self, worker: &str, job: &str, task: &str, attempt: u32) -> Result<(), Reject> {
-        self.cluster.complete(
-            self.now,
-            worker,
-            &full_task_id(job, task),
+        self.complete_with(worker, job, task, attempt, TaskResult::default())
+    }
+
+    fn complete_with(
+        &mut self,
+        worker: &str,
+        job: &str,
+        task: &str,
+        attempt: u32,
+        result: TaskResult,
+    ) -> Result<(), Reject> {
+        let command = Command::Complete {
+            worker_id: worker.into(),
+            task: full_task_id(job, task),
             attempt,
-            TaskResult::default(),
-        )
+            result,
+        };
+        self.apply(command).map(|o| assert_eq!(o, Outcome::Completed))
     }
 
     fn fail(
@@ -144,8 +210,40 @@ impl Sim {
         attempt: u32,
         class: FailureClass,
     ) -> Result<String, Reject> {
-        self.cluster
-            .fail(self.now, worker, &full_task_id(job, task), attempt, class, "boom")
+        let command = Command::Fail {
+            worker_id: worker.into(),
+            task: full_task_id(job, task),
+            attempt,
+            class,
+            message: "boom".into(),
+        };
+        match self.apply(command)? {
+            Outcome::Failed(outcome) => Ok(outcome),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `worker` checks in to the job's finetune gang at attempt 1.
+    fn rendezvous(
+        &mut self,
+        worker: &str,
+        job: &str,
+        rank: u32,
+        endpoint: &str,
+        nccl_unique_id: &[u8],
+    ) -> Result<Option<GangReady>, Reject> {
+        let command = Command::Rendezvous {
+            worker_id: worker.into(),
+            task: full_task_id(job, "finetune"),
+            attempt: 1,
+            rank,
+            endpoint: endpoint.into(),
+            nccl_unique_id: nccl_unique_id.to_vec(),
+        };
+        match self.apply(command)? {
+            Outcome::Rendezvous(ready) => Ok(ready),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// Runs every task of `stage` to success on `worker`'s slot 0, one after another.
@@ -177,18 +275,11 @@ impl Sim {
                     (surgery_core::results::ATTENTION_MS.to_string(), 5.0),
                     (surgery_core::results::SOFTMAX_ATTENTION_MS.to_string(), 11.0),
                 ]);
-                self.cluster
-                    .complete(
-                        self.now,
-                        worker,
-                        &full_task_id(job, &task_id),
-                        attempt,
-                        TaskResult {
-                            metrics,
-                            artifacts: vec![],
-                        },
-                    )
-                    .unwrap();
+                let result = TaskResult {
+                    metrics,
+                    artifacts: vec![],
+                };
+                self.complete_with(worker, job, &task_id, attempt, result).unwrap();
             } else {
                 self.complete(worker, job, &task_id, attempt).unwrap();
             }
@@ -242,6 +333,18 @@ fn lease_heartbeat_complete() {
     assert_eq!(changes.logs.len(), 1);
     assert_eq!(changes.logs[0].message, "step 3");
 
+    // A non-finite result is refused; the worker must report a failure instead.
+    let nan = TaskResult {
+        metrics: BTreeMap::from([("loss".to_string(), f64::NAN)]),
+        artifacts: vec![],
+    };
+    assert_eq!(
+        sim.complete_with(&w, &job, "capture/shard-0000", 1, nan),
+        Err(Reject::Invalid(
+            "result metric `loss` is NaN; report a failure instead of a non-finite result".into()
+        ))
+    );
+    assert_eq!(sim.task(&job, "capture/shard-0000").state, TaskState::Running);
     sim.complete(&w, &job, "capture/shard-0000", 1).unwrap();
     assert_eq!(sim.task(&job, "capture/shard-0000").state, TaskState::Succeeded);
     // Completing again (a retried RPC) is harmless.
@@ -260,7 +363,7 @@ fn expired_lease_requeues_with_the_next_attempt_and_fences_the_old_one() {
 
     // w1 keeps heartbeating as a worker but stops reporting the task: its lease lapses.
     sim.now += TTL + 1;
-    sim.cluster.touch_worker(sim.now, &w1).unwrap();
+    sim.touch(&w1).unwrap();
     let decisions = sim.tick();
     assert!(
         matches!(&decisions[..], [Decision::Expire { task_id, attempt: 1, reason, .. }] if task_id == "capture/shard-0000" && reason.contains("expired 1 ms ago")),
@@ -366,7 +469,7 @@ fn cancel_reaches_running_tasks_at_their_next_heartbeat() {
     sim.wait(&w, 0);
     sim.tick();
     sim.heartbeat(&w, &job, "capture/shard-0000", 1, 1).unwrap();
-    sim.cluster.cancel_job(sim.now, &job, "").unwrap();
+    sim.cancel(&job).unwrap();
     assert_eq!(sim.cluster.jobs[&job].state, JobState::Cancelled);
     let stops = sim.heartbeat(&w, &job, "capture/shard-0000", 1, 2).unwrap();
     assert_eq!(stops[0].reason, "task capture/shard-0000 was cancelled");
@@ -378,8 +481,8 @@ fn cancel_reaches_running_tasks_at_their_next_heartbeat() {
     sim.wait(&w, 0);
     assert!(sim.tick().is_empty());
     assert_eq!(
-        sim.cluster.cancel_job(sim.now, &job, ""),
-        Err(Reject::Conflict(format!("job {job} already ended (cancelled)")))
+        sim.cancel(&job),
+        Err(Reject::WrongState(format!("job {job} already ended (cancelled)")))
     );
 }
 
@@ -395,7 +498,7 @@ fn resume_reruns_failed_and_cancelled_tasks_with_a_fresh_budget() {
         .unwrap();
     assert_eq!(sim.cluster.jobs[&job].state, JobState::Failed);
 
-    let resumed = sim.cluster.resume_job(sim.now, &job).unwrap();
+    let resumed = sim.resume(&job).unwrap();
     assert_eq!(
         resumed.len(),
         sim.cluster.tasks[&job].list.len() - 2,
@@ -415,10 +518,12 @@ fn resume_reruns_failed_and_cancelled_tasks_with_a_fresh_budget() {
     sim.wait(&w, 0);
     sim.tick();
     assert_eq!(sim.task(&job, "distill/block-00/rate-2").attempt, 2);
-    assert!(matches!(
-        sim.cluster.resume_job(sim.now, &job),
-        Err(Reject::Conflict(_))
-    ));
+    assert_eq!(
+        sim.resume(&job),
+        Err(Reject::WrongState(format!(
+            "job {job} is running; only failed or cancelled jobs resume"
+        )))
+    );
 }
 
 #[test]
@@ -451,7 +556,7 @@ fn priority_then_fifo_and_queue_positions() {
     );
     sim.complete(&w, &high, "capture/shard-0001", 1).unwrap();
     // High now waits on nothing of capture; its distill tasks are runnable and go first.
-    sim.cluster.cancel_job(sim.now, &high, "").unwrap();
+    sim.cancel(&high).unwrap();
     sim.wait(&w, 0);
     let decisions = sim.tick();
     assert!(
@@ -526,38 +631,20 @@ fn lost_gang_member_requeues_the_whole_gang() {
     sim.wait(&w2, 0);
     sim.tick();
     // Rendezvous: rank 1 arrives first and waits for rank 0's NCCL id.
-    let r1 = sim
-        .cluster
-        .rendezvous(
-            sim.now,
-            sim.timing,
-            &w2,
-            &full_task_id(&job, "finetune"),
-            1,
-            1,
-            "w2:9000",
-            &[],
-        )
-        .unwrap();
+    let r1 = sim.rendezvous(&w2, &job, 1, "w2:9000", &[]).unwrap();
     assert_eq!(r1, None);
-    let wrong_rank = sim
-        .cluster
-        .rendezvous(sim.now, sim.timing, &w2, &full_task_id(&job, "finetune"), 1, 0, "", &[]);
+    let wrong_rank = sim.rendezvous(&w2, &job, 0, "", &[]);
     assert!(matches!(wrong_rank, Err(Reject::Invalid(m)) if m.contains("holds rank 1")));
-    let r0 = sim
-        .cluster
-        .rendezvous(
-            sim.now,
-            sim.timing,
-            &w1,
-            &full_task_id(&job, "finetune"),
-            1,
-            0,
-            "w1:9000",
-            &[7; 128],
-        )
-        .unwrap()
-        .unwrap();
+    // Only rank 0 brings the NCCL id, and it has NCCL's 128 bytes.
+    assert_eq!(
+        sim.rendezvous(&w2, &job, 1, "w2:9000", &[7; 128]),
+        Err(Reject::Invalid("only rank 0 brings the NCCL unique id".into()))
+    );
+    assert_eq!(
+        sim.rendezvous(&w1, &job, 0, "w1:9000", &[7; 16]),
+        Err(Reject::Invalid("an NCCL unique id has 128 bytes, not 16".into()))
+    );
+    let r0 = sim.rendezvous(&w1, &job, 0, "w1:9000", &[7; 128]).unwrap().unwrap();
     assert_eq!(r0.nccl_unique_id, vec![7; 128]);
     assert_eq!(r0.members[1].endpoint.as_deref(), Some("w2:9000"));
 
@@ -638,10 +725,7 @@ fn reregistering_a_name_ends_the_old_incarnation() {
         (task.state, task.interruptions, task.retries_used),
         (TaskState::Pending, 1, 0)
     );
-    assert!(matches!(
-        sim.cluster.touch_worker(sim.now, &old),
-        Err(Reject::UnknownWorker(_))
-    ));
+    assert!(matches!(sim.touch(&old), Err(Reject::UnknownWorker(_))));
 }
 
 #[test]
@@ -668,9 +752,7 @@ fn unknown_worker_and_task() {
         Err(Reject::UnknownWorker("ghost".into()))
     );
     let w = sim.worker("w", "cpu", 1);
-    let stops = sim.cluster.heartbeat(
-        sim.now,
-        sim.timing,
+    let stops = sim.beat(
         &w,
         vec![TaskReport {
             task_id: "nope:x".into(),
@@ -687,16 +769,13 @@ fn unknown_worker_and_task() {
 fn idempotent_submit_and_conflicting_reuse() {
     let mut sim = Sim::new();
     let yaml = tiny_yaml("a", 0, "");
-    let spec = JobSpec::parse(&yaml).unwrap();
-    let first = sim.cluster.submit(sim.now, "r1", &yaml, &spec, "x1").unwrap();
-    let again = sim.cluster.submit(sim.now, "r1", &yaml, &spec, "x2").unwrap();
+    let first = sim.submit_as("r1", &yaml, "x1").unwrap();
+    let again = sim.submit_as("r1", &yaml, "x2").unwrap();
     assert!(first.created && !again.created);
     assert_eq!(first.job_id, again.job_id);
     assert_eq!(sim.cluster.jobs.len(), 1);
     let other = tiny_yaml("b", 0, "");
-    let err = sim
-        .cluster
-        .submit(sim.now, "r1", &other, &JobSpec::parse(&other).unwrap(), "x3");
+    let err = sim.submit_as("r1", &other, "x3");
     assert!(matches!(err, Err(Reject::Conflict(m)) if m.contains("different spec")));
 }
 
