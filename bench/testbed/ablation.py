@@ -75,13 +75,15 @@ def main():
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--deadline-s", type=float, default=540)
     p.add_argument("--only", default=".", help="regex over variant names")
+    p.add_argument("--resume", action="store_true", help="restart the coordinator and workers on the last run's store and wait for its jobs")
     args = p.parse_args()
     started = time.time()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path("/tmp/ablation")
-    subprocess.run(["rm", "-rf", str(work)], check=True)
-    work.mkdir(parents=True)
+    if not args.resume:
+        subprocess.run(["rm", "-rf", str(work)], check=True)
+    work.mkdir(parents=True, exist_ok=True)
     testbed = pathlib.Path(args.testbed).resolve()
     bin_dir = pathlib.Path(args.bin).resolve()
 
@@ -89,17 +91,17 @@ def main():
     base["teacher"]["url"] = f"file://{testbed}/teacher"
     base["data"]["prompts"] = f"file://{testbed}/prompts.safetensors"
     # Sized for one GPU call: fewer steps than configs/testbed-gpu.yaml, same structure.
-    base["data"]["heldout_prompts"] = 16
+    base["data"]["heldout_prompts"] = 12
     base["sampler"]["steps"] = 20
     base["stages"]["capture"]["steps"] = list(range(0, 20, 2))
-    base["stages"]["distill"].update({"steps": 300, "batch": 8, "updates_per_batch": 4})
-    base["stages"]["finetune"].update({"steps": 200, "global_batch": 16})
+    base["stages"]["distill"].update({"steps": 200, "batch": 8, "updates_per_batch": 4})
+    base["stages"]["finetune"].update({"steps": 100, "global_batch": 16})
     base["stages"]["evaluate"]["steps"] = 20
     layers = base["teacher"]["shape"]["layers"]
     jobs = [v for v in variants(base, layers) if re.search(args.only, v["name"])]
 
     procs = []
-    log = open(work / "coordinator.log", "w")
+    log = open(work / "coordinator.log", "a")
     coord = subprocess.Popen(
         [str(bin_dir / "surgery-coordinator"), "--listen", "127.0.0.1:7171", "--data-dir", str(work / "store"),
          "--object-store-url", f"file://{work}/objects"], stdout=log, stderr=subprocess.STDOUT)
@@ -107,13 +109,21 @@ def main():
     os.environ["SURGERY_ADDR"] = "http://127.0.0.1:7171"
     time.sleep(2)
     for i in range(args.workers):
-        wlog = open(work / f"worker-{i}.log", "w")
+        wlog = open(work / f"worker-{i}.log", "a")
         procs.append(subprocess.Popen(
             [str(bin_dir / "surgery-worker"), "run", "--name", f"gpu-{i}", "--device", "cuda",
              "--cache-dir", str(work / f"cache-{i}")], stdout=wlog, stderr=subprocess.STDOUT))
     ids = {}
     try:
-        for spec in jobs:
+        if args.resume:
+            time.sleep(1)
+            listing = json.loads(subprocess.run([str(bin_dir / "surgeryctl"), "list", "--output", "json"],
+                                                check=True, capture_output=True, text=True).stdout)
+            ids = {j["name"]: j["id"] for j in listing["jobs"]}
+            for j in listing["jobs"]:
+                if j["state"] in ("failed", "cancelled"):
+                    subprocess.run([str(bin_dir / "surgeryctl"), "resume", j["id"]], check=False)
+        for spec in [] if args.resume else jobs:
             path = work / f"{spec['name']}.yaml"
             path.write_text(yaml.safe_dump(spec, sort_keys=False))
             job = subprocess.run([str(bin_dir / "surgeryctl"), "submit", str(path)], check=True,
