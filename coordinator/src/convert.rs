@@ -148,6 +148,7 @@ pub fn task(task: &TaskRecord, pending_reason: &str) -> pb::Task {
         failure_class: failure.map_or(pb::FailureClass::Unspecified, |f| failure_class(f.class)) as i32,
         result_metrics: result.metrics.into_iter().collect(),
         result_artifacts: result.artifacts,
+        result_labels: result.labels.into_iter().collect(),
         pending_reason: pending_reason.to_string(),
         gang_size: task.gang_size,
     }
@@ -331,6 +332,7 @@ pub fn result(result: &TaskResult) -> pb::TaskResult {
     pb::TaskResult {
         metrics: result.metrics.clone().into_iter().collect(),
         artifacts: result.artifacts.clone(),
+        labels: result.labels.clone().into_iter().collect(),
     }
 }
 
@@ -339,6 +341,7 @@ pub fn result_from(result: Option<pb::TaskResult>) -> TaskResult {
     TaskResult {
         metrics: result.metrics.into_iter().collect(),
         artifacts: result.artifacts,
+        labels: result.labels.into_iter().collect(),
     }
 }
 

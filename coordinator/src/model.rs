@@ -130,6 +130,9 @@ pub struct TaskResult {
     pub metrics: BTreeMap<String, f64>,
     /// Object-store paths relative to the job root.
     pub artifacts: Vec<String>,
+    /// Words beside the numbers (export: the measuring device).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

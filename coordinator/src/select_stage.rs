@@ -169,7 +169,7 @@ mod tests {
                         (results::ATTENTION_MS.into(), 10.0 / r + 3.0),
                         (results::SOFTMAX_ATTENTION_MS.into(), 11.0),
                     ]),
-                    artifacts: vec![],
+                    ..TaskResult::default()
                 });
             }
         }

@@ -20,3 +20,35 @@ pub const BUDGET: &str = "budget";
 pub const STUDENT_SPEEDUP: &str = "student_speedup";
 pub const STUDENT_FORWARD_MS: &str = "student_forward_ms";
 pub const TEACHER_FORWARD_MS: &str = "teacher_forward_ms";
+/// Export (a label): the device the speed-up was measured on (`NVIDIA H200`, `cpu`).
+pub const SPEED_DEVICE: &str = "speed_device";
+
+/// `student 1.90x faster than the teacher at 480x832x81 on NVIDIA H100` (or `slower`): how
+/// the export's measured speed-up reads in logs and `surgeryctl status`.
+pub fn speed_sentence(speedup: f64, resolution: &str, device: &str) -> String {
+    if speedup >= 1.0 {
+        format!("student {speedup:.2}x faster than the teacher at {resolution} on {device}")
+    } else {
+        format!(
+            "student {:.2}x slower than the teacher at {resolution} on {device}",
+            1.0 / speedup
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_speed_sentence_says_faster_or_slower() {
+        assert_eq!(
+            speed_sentence(1.93, "480x832x81", "NVIDIA H100"),
+            "student 1.93x faster than the teacher at 480x832x81 on NVIDIA H100"
+        );
+        assert_eq!(
+            speed_sentence(0.5, "64x96x9", "cpu"),
+            "student 2.00x slower than the teacher at 64x96x9 on cpu"
+        );
+    }
+}

@@ -160,6 +160,9 @@ pub fn status(status: &StatusView, with_tasks: bool) -> String {
     if let Some(summary) = &status.job.selected_layout_summary {
         sections.push(format!("Selected layout: {summary}"));
     }
+    if let Some(speed) = &status.student_speed {
+        sections.push(format!("Speed: {speed}"));
+    }
     if with_tasks {
         sections.push(task_table(status));
     }

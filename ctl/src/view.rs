@@ -32,6 +32,22 @@ fn failure_class_word(class: FailureClass) -> Option<&'static str> {
     words::failure_class(class).map(|c| c.word())
 }
 
+/// The export task's speed-up in words, with the job's video size from its spec.
+pub fn student_speed(job: &pb::Job, tasks: &[pb::Task]) -> Option<String> {
+    let export = tasks
+        .iter()
+        .find(|t| t.id == surgery_core::ids::EXPORT_TASK && t.state() == TaskState::Succeeded)?;
+    let speedup = *export.result_metrics.get(surgery_core::results::STUDENT_SPEEDUP)?;
+    let device = export
+        .result_labels
+        .get(surgery_core::results::SPEED_DEVICE)
+        .map_or("the export's device", String::as_str);
+    let resolution = JobSpec::parse(&job.spec_yaml)
+        .map(|s| s.video.size())
+        .unwrap_or_else(|_| "the job's resolution".into());
+    Some(surgery_core::results::speed_sentence(speedup, &resolution, device))
+}
+
 /// The summary of a job's selected layout; `None` before the select stage ran. The layout
 /// may list only the blocks it changed; the spec says how many there are.
 pub fn layout_summary(job: &pb::Job) -> Option<String> {
@@ -311,6 +327,10 @@ pub struct StatusView {
     pub job: JobView,
     pub distill: Vec<DistillCellView>,
     pub tasks: Vec<TaskView>,
+    /// The export's measured speed-up in words (`student 1.90x faster than the teacher at
+    /// 480x832x81 on NVIDIA H100`); `null` before export.
+    #[serde(default)]
+    pub student_speed: Option<String>,
 }
 
 impl StatusView {
@@ -321,6 +341,7 @@ impl StatusView {
             job: JobView::from(job),
             distill,
             tasks: tasks.iter().map(TaskView::from).collect(),
+            student_speed: student_speed(job, tasks),
         }
     }
 }

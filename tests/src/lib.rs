@@ -413,7 +413,7 @@ impl FakeWorker {
                 attempt: task.attempt,
                 result: Some(pb::TaskResult {
                     metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-                    artifacts: vec![],
+                    ..Default::default()
                 }),
             })
             .await?;

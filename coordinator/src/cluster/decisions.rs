@@ -86,7 +86,7 @@ impl Cluster {
                 task.state = TaskState::Succeeded;
                 task.result = Some(TaskResult {
                     metrics: chosen.metrics,
-                    artifacts: Vec::new(),
+                    ..TaskResult::default()
                 });
                 let summary = chosen.summary;
                 self.job_mut(job_id).expect("job exists").selected_layout = Some(chosen.layout);

@@ -58,6 +58,7 @@ fn results_round_trip() {
     let record = TaskResult {
         metrics: BTreeMap::from([("heldout_error".to_string(), 0.043_21)]),
         artifacts: vec!["distill/block-00/rate-2/phi.safetensors".into()],
+        labels: BTreeMap::from([("speed_device".to_string(), "NVIDIA H200".to_string())]),
     };
     assert_eq!(result_from(Some(result(&record))), record);
     assert_eq!(result_from(None), TaskResult::default());

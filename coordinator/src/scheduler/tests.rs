@@ -277,7 +277,7 @@ impl Sim {
                 ]);
                 let result = TaskResult {
                     metrics,
-                    artifacts: vec![],
+                    ..TaskResult::default()
                 };
                 self.complete_with(worker, job, &task_id, attempt, result).unwrap();
             } else {
@@ -336,7 +336,7 @@ fn lease_heartbeat_complete() {
     // A non-finite result is refused; the worker must report a failure instead.
     let nan = TaskResult {
         metrics: BTreeMap::from([("loss".to_string(), f64::NAN)]),
-        artifacts: vec![],
+        ..TaskResult::default()
     };
     assert_eq!(
         sim.complete_with(&w, &job, "capture/shard-0000", 1, nan),

@@ -112,6 +112,14 @@ pub struct VideoSpec {
     pub latent_codec: LatentCodec,
 }
 
+impl VideoSpec {
+    /// `HxWxF` in pixels and frames (`480x832x81`): how logs, reports and `surgeryctl`
+    /// name a video size.
+    pub fn size(&self) -> String {
+        format!("{}x{}x{}", self.height, self.width, self.frames)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplerSpec {

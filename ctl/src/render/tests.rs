@@ -361,3 +361,48 @@ fn control_and_watch_lines() {
         "job tiny-3f2a failed: finetune failed 4 times"
     );
 }
+
+fn export_task(speedup: f64, device: Option<&str>) -> Task {
+    let mut task = Task {
+        id: "export".into(),
+        stage: Stage::Export as i32,
+        state: TaskState::Succeeded as i32,
+        attempt: 1,
+        ..Default::default()
+    };
+    task.result_metrics.insert("student_speedup".into(), speedup);
+    if let Some(device) = device {
+        task.result_labels.insert("speed_device".into(), device.into());
+    }
+    task
+}
+
+#[test]
+fn a_succeeded_job_shows_the_students_measured_speed() {
+    let job = Job {
+        id: "tiny-9".into(),
+        name: "tiny".into(),
+        state: JobState::Succeeded as i32,
+        submitted_unix_ms: SUBMITTED_MS,
+        spec_yaml: include_str!("../../../configs/tiny.yaml").into(),
+        ..Default::default()
+    };
+    let text = status(
+        &StatusView::new(&job, &[export_task(1.894, Some("NVIDIA H200"))]),
+        false,
+    );
+    assert!(
+        text.ends_with("\n\nSpeed: student 1.89x faster than the teacher at 64x96x9 on NVIDIA H200"),
+        "{text}"
+    );
+    // A slower student says so, and a result without its device still reads.
+    let view = StatusView::new(&job, &[export_task(0.8, None)]);
+    assert_eq!(
+        view.student_speed.as_deref(),
+        Some("student 1.25x slower than the teacher at 64x96x9 on the export's device")
+    );
+    // Before export there is no speed line.
+    let view = StatusView::new(&job, &[]);
+    assert_eq!(view.student_speed, None);
+    assert!(!status(&view, false).contains("Speed:"));
+}

@@ -93,6 +93,7 @@ mod tests {
                 pb::TaskResult {
                     metrics: [("final_loss".to_string(), 0.5)].into(),
                     artifacts: vec!["finetune/final/config.json".into()],
+                    ..Default::default()
                 },
             )]
             .into(),

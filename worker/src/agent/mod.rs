@@ -187,6 +187,7 @@ impl Agent {
                     result: Some(pb::TaskResult {
                         metrics: output.metrics.into_iter().collect(),
                         artifacts: output.artifacts,
+                        labels: output.labels.into_iter().collect(),
                     }),
                 };
                 retrying("CompleteTask", PATIENCE, || {

@@ -121,6 +121,7 @@ pub fn run(ctx: &TaskContext, params: CaptureShard) -> Result<TaskOutput, TaskEr
             ("samples".to_string(), sample_prompt.len() as f64),
         ]),
         artifacts,
+        labels: BTreeMap::new(),
         report: true,
     })
 }

@@ -261,6 +261,7 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
     Ok(TaskOutput {
         metrics,
         artifacts: vec![phi_path, result_path],
+        labels: BTreeMap::new(),
         report: true,
     })
 }

@@ -169,6 +169,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     Ok(TaskOutput {
         metrics,
         artifacts: vec![path],
+        labels: BTreeMap::new(),
         report: true,
     })
 }

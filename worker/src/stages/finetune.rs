@@ -283,6 +283,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     Ok(TaskOutput {
         metrics,
         artifacts,
+        labels: BTreeMap::new(),
         report: true,
     })
 }

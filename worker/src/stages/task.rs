@@ -61,6 +61,8 @@ pub struct TaskOutput {
     pub metrics: BTreeMap<String, f64>,
     /// Object-store paths relative to the job root.
     pub artifacts: Vec<String>,
+    /// Words beside the numbers (export: the device it measured speed on).
+    pub labels: BTreeMap<String, String>,
     /// Only the gang's rank 0 completes a gang task; the other ranks just finish.
     pub report: bool,
 }

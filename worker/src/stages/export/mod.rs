@@ -59,8 +59,10 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let (probe_mean_abs, probe_rel) = probe(&student.model, &teacher, &text, probe_shape(spec));
     ctx.handle.check()?;
     let speed = speed::measure(&student.model, &teacher, spec, &text, probe_shape(spec));
-    ctx.handle
-        .log("info", speed::sentence(speed.speedup, &speed.resolution, &speed.device));
+    ctx.handle.log(
+        "info",
+        results::speed_sentence(speed.speedup, &speed.resolution, &speed.device),
+    );
     let report = json!({
         "job": ctx.input.task.job,
         "model": { "layers": shape.layers, "heads": shape.heads, "head_dim": shape.head_dim, "tokens": spec.tokens() },
@@ -98,6 +100,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             (results::TEACHER_FORWARD_MS.to_string(), speed.teacher_ms),
         ]),
         artifacts,
+        labels: BTreeMap::from([(results::SPEED_DEVICE.to_string(), speed.device.clone())]),
         report: true,
     })
 }

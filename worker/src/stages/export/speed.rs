@@ -22,11 +22,6 @@ pub struct Speed {
     pub speedup: f64,
 }
 
-/// `HxWxF` of the spec's video.
-pub fn resolution(spec: &JobSpec) -> String {
-    format!("{}x{}x{}", spec.video.height, spec.video.width, spec.video.frames)
-}
-
 /// Times one forward of each model on `latent` noise with the first prompt's `text`.
 pub fn measure(
     student: &WanTransformer,
@@ -48,22 +43,10 @@ pub fn measure(
     let student_ms = time(student);
     Speed {
         device: runtime::device_name(device),
-        resolution: resolution(spec),
+        resolution: spec.video.size(),
         teacher_ms,
         student_ms,
         speedup: teacher_ms / student_ms,
-    }
-}
-
-/// `student 1.9x faster than the teacher at 480x832x81 on NVIDIA H100` (or `slower`).
-pub fn sentence(speedup: f64, resolution: &str, device: &str) -> String {
-    if speedup >= 1.0 {
-        format!("student {speedup:.2}x faster than the teacher at {resolution} on {device}")
-    } else {
-        format!(
-            "student {:.2}x slower than the teacher at {resolution} on {device}",
-            1.0 / speedup
-        )
     }
 }
 
@@ -71,18 +54,6 @@ pub fn sentence(speedup: f64, resolution: &str, device: &str) -> String {
 mod tests {
     use super::*;
     use tch::Device;
-
-    #[test]
-    fn the_sentence_says_faster_or_slower() {
-        assert_eq!(
-            sentence(1.93, "480x832x81", "NVIDIA H100"),
-            "student 1.93x faster than the teacher at 480x832x81 on NVIDIA H100"
-        );
-        assert_eq!(
-            sentence(0.5, "64x96x9", "cpu"),
-            "student 2.00x slower than the teacher at 64x96x9 on cpu"
-        );
-    }
 
     #[test]
     fn device_names() {
