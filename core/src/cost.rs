@@ -316,6 +316,25 @@ mod tests {
     }
 
     #[test]
+    fn every_rate_costs_less_than_the_one_before_it() {
+        // Rates 16 and 32 sit between R8 and linear: the anchors' quadratic part shrinks
+        // with R while the linear part stays.
+        let (s, f) = (ModelShape::wan21_1_3b(), FeatureMapShape::paper_default());
+        let order = [1, 2, 4, 8, 16, 32].map(Rate::Hybrid);
+        let costs: Vec<f64> = std::iter::once(Rate::Softmax)
+            .chain(order.into_iter().skip(1))
+            .chain([Rate::Linear])
+            .map(|r| attention_flops(&s, &f, 32_760, r))
+            .collect();
+        for pair in costs.windows(2) {
+            assert!(pair[1] < pair[0], "{costs:?}");
+        }
+        // R32 keeps 1,024 anchors of 32,760 tokens.
+        assert_eq!(Rate::Hybrid(32).anchors(32_760), 1_024);
+        assert_eq!(Rate::Hybrid(16).anchors(32_760), 2_048);
+    }
+
+    #[test]
     fn rate_order_is_softmax_given_up() {
         let mut v = vec![Rate::Linear, Rate::Hybrid(8), Rate::Softmax, Rate::Hybrid(2)];
         v.sort();

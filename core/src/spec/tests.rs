@@ -158,6 +158,21 @@ fn unknown_enum_word() {
 }
 
 #[test]
+fn rates_up_to_32_are_candidates() {
+    let spec = JobSpec::parse(&with("surgery:\n  rates: [2, 4, 8, 16, 32, linear]\n")).unwrap();
+    assert_eq!(
+        spec.surgery.rates,
+        vec![2, 4, 8, 16, 32]
+            .into_iter()
+            .map(Rate::Hybrid)
+            .chain([Rate::Linear])
+            .collect::<Vec<_>>()
+    );
+    // Every (block, rate) pair is a distillation task.
+    assert_eq!(spec.distill_pairs().len(), 6 * spec.model_shape().layers as usize);
+}
+
+#[test]
 fn bad_rate_word() {
     let err = one_error(&with("surgery:\n  rates: [2, fast]\n"));
     assert_eq!(err.path, "surgery.rates[1]");

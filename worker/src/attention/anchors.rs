@@ -225,6 +225,28 @@ mod tests {
     }
 
     #[test]
+    fn rates_16_and_32_keep_one_token_in_r_and_partition_the_grid() {
+        // 21 x 30 x 52 = 32,760 tokens: Wan2.1's 480p x 81 frames.
+        let grid = g(21, 30, 52);
+        for rate in [16, 32] {
+            for pattern in [AnchorPattern::Strided, AnchorPattern::Diagonal] {
+                let a = anchor_indices(grid, Rate::Hybrid(rate), pattern);
+                let l = linear_indices(grid, Rate::Hybrid(rate), pattern);
+                let expected = 32_760f64 / f64::from(rate);
+                let share = a.len() as f64;
+                assert!(
+                    (share - expected).abs() / expected < 0.01,
+                    "R{rate} {pattern:?}: {} anchors",
+                    a.len()
+                );
+                let mut all: Vec<i64> = a.iter().chain(&l).copied().collect();
+                all.sort_unstable();
+                assert_eq!(all, (0..32_760).collect::<Vec<i64>>(), "R{rate} {pattern:?}");
+            }
+        }
+    }
+
+    #[test]
     fn diagonal_follows_f_plus_h_plus_w() {
         // grid 2 x 2 x 4, R = 2: anchor where f + h + w is even.
         let a = anchor_indices(g(2, 2, 4), Rate::Hybrid(2), AnchorPattern::Diagonal);
