@@ -64,14 +64,10 @@ pub fn failure_class_from(class: pb::FailureClass) -> Result<FailureClass, Rejec
 pub fn params(params: &TaskParams) -> pb::TaskParams {
     use pb::task_params::Kind;
     let kind = match params {
-        TaskParams::Capture {
-            shard,
-            first_prompt,
-            num_prompts,
-        } => Kind::Capture(pb::CaptureParams {
-            shard: *shard,
-            first_prompt: *first_prompt,
-            num_prompts: *num_prompts,
+        TaskParams::Capture(capture) => Kind::Capture(pb::CaptureParams {
+            shard: capture.shard,
+            first_prompt: capture.first_prompt,
+            num_prompts: capture.num_prompts,
         }),
         TaskParams::Distill { block, rate } => Kind::Distill(pb::DistillParams {
             block: *block,

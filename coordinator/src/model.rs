@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 pub use surgery_core::rate::Rate;
+use surgery_core::spec::CaptureShard;
 pub use surgery_core::state::{FailureClass, JobState, Stage, TaskState};
 
 pub type JobId = String;
@@ -52,11 +53,7 @@ pub struct JobRecord {
 /// What a task does, beyond its stage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskParams {
-    Capture {
-        shard: u32,
-        first_prompt: u32,
-        num_prompts: u32,
-    },
+    Capture(CaptureShard),
     Distill {
         block: u32,
         /// Stored as the wire code (0 = linear), as earlier coordinators wrote it.

@@ -36,18 +36,11 @@ pub fn plan(job_id: &JobId, spec: &JobSpec, now: UnixMs) -> Vec<TaskRecord> {
         });
     };
 
-    let per_shard = spec.data.prompts_per_shard;
-    for shard in 0..spec.capture_shards() {
-        let first_prompt = shard * per_shard;
-        let num_prompts = per_shard.min(spec.data.train_prompts - first_prompt);
+    for shard in spec.capture_shard_list() {
         add(
-            ids::capture_task(shard),
+            ids::capture_task(shard.shard),
             Stage::Capture,
-            TaskParams::Capture {
-                shard,
-                first_prompt,
-                num_prompts,
-            },
+            TaskParams::Capture(shard),
             Vec::new(),
             1,
         );
@@ -100,6 +93,7 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
     use surgery_core::rate::Rate;
+    use surgery_core::spec::CaptureShard;
 
     fn spec(extra: &str) -> JobSpec {
         let yaml = format!(
@@ -123,11 +117,11 @@ mod tests {
         assert_eq!(&ids[93..], ["select", "finetune", "export", "evaluate"]);
         assert_eq!(
             tasks[2].params,
-            TaskParams::Capture {
+            TaskParams::Capture(CaptureShard {
                 shard: 2,
                 first_prompt: 16,
                 num_prompts: 4
-            }
+            })
         );
         assert_eq!(
             tasks[4].params,
@@ -210,11 +204,11 @@ mod tests {
         let tasks = plan(&"j".to_string(), &spec(""), 0);
         let mut covered = Vec::new();
         for task in &tasks {
-            if let TaskParams::Capture {
+            if let TaskParams::Capture(CaptureShard {
                 first_prompt,
                 num_prompts,
                 ..
-            } = task.params
+            }) = task.params
             {
                 covered.extend(first_prompt..first_prompt + num_prompts);
             }

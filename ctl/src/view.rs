@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use surgery_core::rate::Rate;
 use surgery_core::results::HELDOUT_ERROR;
 use surgery_core::select::describe_layout;
-use surgery_core::spec::JobSpec;
+use surgery_core::spec::{CaptureShard, JobSpec};
 use surgery_proto::v1::{self as pb, FailureClass, JobState, Stage, TaskState, task_params::Kind as ParamsKind};
 use surgery_proto::words;
 
@@ -193,15 +193,8 @@ pub struct TaskView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ParamsView {
-    Capture {
-        shard: u32,
-        first_prompt: u32,
-        num_prompts: u32,
-    },
-    Distill {
-        block: u32,
-        rate: String,
-    },
+    Capture(CaptureShard),
+    Distill { block: u32, rate: String },
     Select,
     Finetune,
     Export,
@@ -248,11 +241,11 @@ impl From<&pb::Task> for TaskView {
 impl From<&ParamsKind> for ParamsView {
     fn from(kind: &ParamsKind) -> Self {
         match kind {
-            ParamsKind::Capture(capture) => ParamsView::Capture {
+            ParamsKind::Capture(capture) => ParamsView::Capture(CaptureShard {
                 shard: capture.shard,
                 first_prompt: capture.first_prompt,
                 num_prompts: capture.num_prompts,
-            },
+            }),
             ParamsKind::Distill(distill) => ParamsView::Distill {
                 block: distill.block,
                 rate: distill.rate().to_string(),

@@ -107,11 +107,11 @@ fn every_task_param_kind_reaches_the_wire() {
     use pb::task_params::Kind;
     let cases = [
         (
-            TaskParams::Capture {
+            TaskParams::Capture(surgery_core::spec::CaptureShard {
                 shard: 3,
                 first_prompt: 12,
                 num_prompts: 4,
-            },
+            }),
             Kind::Capture(pb::CaptureParams {
                 shard: 3,
                 first_prompt: 12,

@@ -487,6 +487,30 @@ impl JobSpec {
     pub fn capture_shards(&self) -> u32 {
         self.data.train_prompts.div_ceil(self.data.prompts_per_shard.max(1))
     }
+
+    /// The capture tasks' slices of the training prompts, in order, covering each once.
+    pub fn capture_shard_list(&self) -> Vec<CaptureShard> {
+        let per_shard = self.data.prompts_per_shard;
+        (0..self.capture_shards())
+            .map(|shard| {
+                let first_prompt = shard * per_shard;
+                CaptureShard {
+                    shard,
+                    first_prompt,
+                    num_prompts: per_shard.min(self.data.train_prompts - first_prompt),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One capture task's slice of the training prompts (the coordinator stores it, the
+/// worker reads it from the wire, surgeryctl shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureShard {
+    pub shard: u32,
+    pub first_prompt: u32,
+    pub num_prompts: u32,
 }
 
 #[cfg(test)]

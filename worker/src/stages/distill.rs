@@ -11,6 +11,7 @@
 //! (e_br and the rest) and the loss curve, beside the checkpoints.
 
 use super::cache::{BlockCache, Shard};
+use super::folders::put_json;
 use super::trainer::Trainer;
 use super::training::{LoopSettings, LossCurve, Training, TrainingMeta};
 use super::{DistillPair, TaskContext};
@@ -255,8 +256,7 @@ pub fn run(ctx: &TaskContext, params: DistillPair) -> Result<TaskOutput, TaskErr
     }
     let result = serde_json::json!({ "block": params.block, "rate": rate.code(), "metrics": metrics, "loss_curve": training.meta.curve.loss_curve });
     let result_path = layout::distill_result(params.block, rate);
-    ctx.block_on(job.put(&result_path, serde_json::to_vec_pretty(&result).expect("json").into()))
-        .map_err(TaskError::retryable)?;
+    put_json(ctx, &job, &result_path, &result)?;
     training.finish()?;
     Ok(TaskOutput {
         metrics,

@@ -15,7 +15,7 @@
 use super::TaskContext;
 use super::capture::scheduler;
 use super::export::velocity;
-use super::folders::model_folder;
+use super::folders::{model_folder, put_json};
 use super::model_inputs;
 use crate::model::WanTransformer;
 use crate::sampler::{self, prompt_seed, seeded_noise};
@@ -164,8 +164,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         "testbed": testbed_report,
     });
     let path = layout::EVALUATE_REPORT.to_string();
-    ctx.block_on(job.put(&path, serde_json::to_vec_pretty(&report).expect("json").into()))
-        .map_err(TaskError::retryable)?;
+    put_json(ctx, &job, &path, &report)?;
     Ok(TaskOutput {
         metrics,
         artifacts: vec![path],

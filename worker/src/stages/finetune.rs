@@ -14,7 +14,7 @@
 //! complete one. Rank 0 writes the final student to `finetune/final/` and completes.
 
 use super::TaskContext;
-use super::folders::{model_folder, upload_folder};
+use super::folders::{model_folder, put_json, upload_folder};
 use super::gang::collective_error;
 use super::model_inputs::{self, kind_of};
 use super::seeds;
@@ -265,11 +265,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     student.save(local.path()).map_err(TaskError::retryable)?;
     let mut artifacts = upload_folder(ctx, &job, local.path(), final_dir)?;
     let curve_path = layout::FINETUNE_LOSS_CURVE.to_string();
-    ctx.block_on(job.put(
-        &curve_path,
-        serde_json::to_vec(&training.meta.loss_curve).expect("json").into(),
-    ))
-    .map_err(TaskError::retryable)?;
+    put_json(ctx, &job, &curve_path, &training.meta.loss_curve)?;
     artifacts.push(curve_path);
     training.finish()?;
     let mut metrics = BTreeMap::from([

@@ -1,6 +1,7 @@
 //! Folders of files between object storage and the worker's disk: a model named by URL
 //! (cached across tasks), a fresh copy of a folder of the job (a student), and a local
-//! folder written into the job. The stages' only folder transfers.
+//! folder written into the job; and a JSON document written into the job. The stages'
+//! only folder and report transfers.
 
 use super::TaskContext;
 use super::task::TaskError;
@@ -44,4 +45,10 @@ pub fn download_folder(ctx: &TaskContext, job: &Storage, dir: &str, purpose: &st
 /// paths in the job (the task's artifacts).
 pub fn upload_folder(ctx: &TaskContext, job: &Storage, local: &Path, dir: &str) -> Result<Vec<String>, TaskError> {
     ctx.block_on(job.upload_dir(dir, local)).map_err(TaskError::retryable)
+}
+
+/// Writes `value` as pretty JSON to the job's `path` (a report or a result).
+pub fn put_json(ctx: &TaskContext, job: &Storage, path: &str, value: &impl serde::Serialize) -> Result<(), TaskError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| TaskError::fatal(format!("{path}: {e}")))?;
+    ctx.block_on(job.put(path, bytes.into())).map_err(TaskError::retryable)
 }

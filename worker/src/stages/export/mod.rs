@@ -11,7 +11,7 @@ pub mod probe;
 pub mod speed;
 
 use super::TaskContext;
-use super::folders::upload_folder;
+use super::folders::{put_json, upload_folder};
 use super::model_inputs;
 use crate::stages::task::{TaskError, TaskOutput};
 pub use flops::{FlopReport, flop_report};
@@ -81,8 +81,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         "speed": speed,
     });
     let path = layout::EXPORT_REPORT.to_string();
-    ctx.block_on(job.put(&path, serde_json::to_vec_pretty(&report).expect("json").into()))
-        .map_err(TaskError::retryable)?;
+    put_json(ctx, &job, &path, &report)?;
     artifacts.push(path);
     Ok(TaskOutput {
         metrics: BTreeMap::from([
