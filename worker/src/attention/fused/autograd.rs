@@ -151,20 +151,7 @@ fn unflatten(mut t: Vec<Tensor>) -> Result<Saved, String> {
 }
 
 fn phis(inputs: &[Tensor]) -> (Phi<'_>, Phi<'_>) {
-    (
-        Phi {
-            w1: &inputs[4],
-            b1: &inputs[5],
-            w2: &inputs[6],
-            b2: &inputs[7],
-        },
-        Phi {
-            w1: &inputs[8],
-            b1: &inputs[9],
-            w2: &inputs[10],
-            b2: &inputs[11],
-        },
-    )
+    (linear::phi_of(&inputs[4..8]), linear::phi_of(&inputs[8..12]))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -189,7 +176,12 @@ unsafe extern "C" fn forward_cb(
         let (pq, pk) = phis(&inputs);
         let o = cfg.has_anchors.then_some(&inputs[0]);
         let (y, kept) = linear::forward(o, &inputs[1], &inputs[2], &inputs[3], &pq, &pk, &cfg)?;
-        let kept = flatten(kept);
+        // Twelve saved tensors (the inputs) tell the backward to recompute in fp32.
+        let kept = if linear::recomputes_in_fp32(inputs[1].kind()) {
+            inputs
+        } else {
+            flatten(kept)
+        };
         if kept.len() > max_saved as usize {
             return Err(format!("{} tensors to save, room for {max_saved}", kept.len()));
         }
@@ -233,7 +225,11 @@ unsafe extern "C" fn backward_cb(
             .map(|i| unsafe { borrow(*saved.add(i)) })
             .collect();
         let dy = unsafe { borrow(grad_output) };
-        linear::backward(&unflatten(kept)?, &dy, &cfg)
+        if kept.len() == INPUTS {
+            linear::backward_recomputed(&kept, &dy, &cfg)
+        } else {
+            linear::backward(&unflatten(kept)?, &dy, &cfg)
+        }
     });
     match result {
         Ok(out) => {

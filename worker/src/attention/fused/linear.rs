@@ -365,6 +365,48 @@ fn phi_backward(
     ])
 }
 
+/// Whether the backward for inputs of `kind` recomputes the forward in fp32 from the
+/// inputs instead of using the forward's own intermediates. For bf16 it does: the
+/// gradients to phi's biases and second layer are sums over every token of terms that
+/// nearly cancel (scaling an exp chunk of phi_k moves num and den together), so bf16
+/// intermediates (the rounded weights, pre-activations, S and y) left them 1-4% off the
+/// exact gradient on the GPU test; in fp32 they are exact to fp32 rounding. It also keeps
+/// only the inputs alive between forward and backward, not eight [B, H, M, X]
+/// intermediates.
+pub fn recomputes_in_fp32(kind: Kind) -> bool {
+    kind == Kind::BFloat16 && std::env::var("SURGERY_FUSED_BF16_BACKWARD").as_deref() != Ok("saved")
+}
+
+/// The gradients of [`backward`] for bf16 inputs, from the forward's inputs (`inputs` in
+/// [`backward`]'s order: O or an empty tensor, q, k_L, v_L, then the eight parameters):
+/// the forward again in fp32, then the fp32 backward; gradients to O, q, k and v come back
+/// in the inputs' dtype, the parameters' in their own.
+pub fn backward_recomputed(inputs: &[Tensor], dy: &Tensor, cfg: &Config) -> Result<[Option<Tensor>; 12], String> {
+    let [o, q, kl, vl, params @ ..] = inputs else {
+        return Err(format!("expected 12 saved inputs, got {}", inputs.len()));
+    };
+    let t = q.kind();
+    let up = |x: &Tensor| x.to_kind(Kind::Float);
+    let o = cfg.has_anchors.then(|| up(o));
+    let (pq, pk) = (phi_of(&params[..4]), phi_of(&params[4..]));
+    let (_, saved) = forward(o.as_ref(), &up(q), &up(kl), &up(vl), &pq, &pk, cfg)?;
+    let mut grads = backward(&saved, &up(dy), cfg)?;
+    for g in grads.iter_mut().take(4).flatten() {
+        *g = g.to_kind(t);
+    }
+    Ok(grads)
+}
+
+/// One map's parameters from four saved tensors (w1, b1, w2, b2).
+pub fn phi_of(p: &[Tensor]) -> Phi<'_> {
+    Phi {
+        w1: &p[0],
+        b1: &p[1],
+        w2: &p[2],
+        b2: &p[3],
+    }
+}
+
 /// Gradients of (O, q, k_L, v_L, phi_q's w1, b1, w2, b2, phi_k's ...) from dy; dO is
 /// `None` at the linear rate.
 pub fn backward(saved: &Saved, dy: &Tensor, cfg: &Config) -> Result<[Option<Tensor>; 12], String> {
