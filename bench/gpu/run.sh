@@ -41,6 +41,7 @@ for tokens in 32760 9360; do
     probe "tch_attention_${tokens}_eager" env SURGERY_FUSED_KERNELS=0 .gpu/model-bench attention --tokens "$tokens"
     probe "torch_attention_$tokens" python3 bench/python/hybrid_attention.py --tokens "$tokens"
 done
+probe tch_attention_parts .gpu/model-bench attention-parts --tokens 32760
 # Whole-model forward: teacher and all-R8 / all-R16 students, fused and eager, beside diffusers.
 for frames in 81 21; do
     res=480p; [ "$frames" = 21 ] && res=480p-21f
