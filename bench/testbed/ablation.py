@@ -139,15 +139,24 @@ def main():
                 break
             time.sleep(5)
         print(json.dumps(states), flush=True)
+        # The table first: the reports are files, and a device call that runs out of time
+        # during the shutdown below must not lose them.
+        write_table(work, out, ids, states)
     finally:
+        # SIGTERM makes workers checkpoint and release their leases; all at once, so the
+        # shutdown costs one grace period, not one per process.
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
+        grace = time.time() + 20
         for proc in procs:
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=max(0.1, grace - time.time()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+    print(f"ablation took {time.time() - started:.0f} s", flush=True)
 
+
+def write_table(work, out, ids, states):
     rows = []
     for name, job in ids.items():
         root = work / "objects" / "jobs" / job
@@ -159,13 +168,13 @@ def main():
         rows.append(row)
     (out / "ablation.json").write_text(json.dumps(rows, indent=1))
     print_table(rows)
-    print(f"ablation took {time.time() - started:.0f} s", flush=True)
 
 
 def print_table(rows):
     keys = ["colour_correctness", "shape_correctness", "trajectory_error_px", "area_cv", "centroid_speed_ratio"]
-    print("| variant | attention FLOPs | " + " | ".join(keys) + " | PSNR vs teacher dB | state |")
-    print("|" + "---|" * (len(keys) + 4))
+    print("| variant | attention FLOPs | " + " | ".join(keys)
+          + " | PSNR vs teacher dB | linear share (teacher's mass) | state |")
+    print("|" + "---|" * (len(keys) + 5))
     teacher = spread = None
     for row in rows:
         tb = (row.get("evaluate") or {}).get("testbed")
@@ -181,12 +190,24 @@ def print_table(rows):
             psnr = f"{tb['student_teacher_psnr_db']:.2f}"
         else:
             cells, psnr = ["-"] * len(keys), "-"
-        print(f"| {row['variant']} | {frac} | " + " | ".join(cells) + f" | {psnr} | {row['state']} |")
+        print(f"| {row['variant']} | {frac} | " + " | ".join(cells)
+              + f" | {psnr} | {share_cell(row.get('evaluate'))} | {row['state']} |")
     if teacher:
         print("| teacher | 1.000 | " + " | ".join(f"{teacher.get(k, float('nan')):.3f}" for k in keys)
-              + f" | (seeds: {spread['psnr_db']:.2f}) | - |")
+              + f" | (seeds: {spread['psnr_db']:.2f}) | | - |")
         d = spread["mean_abs_difference"]
-        print("| teacher seed-to-seed spread | | " + " | ".join(f"{d.get(k, float('nan')):.3f}" for k in keys) + " | | |")
+        print("| teacher seed-to-seed spread | | " + " | ".join(f"{d.get(k, float('nan')):.3f}" for k in keys) + " | | | |")
+
+
+def share_cell(evaluate):
+    """Mean over the hybrid blocks of the student's linear-branch share, and in brackets the
+    teacher's softmax mass on the same tokens (worker/src/attention/linear_share.rs)."""
+    blocks = (evaluate or {}).get("linear_share") or []
+    if not blocks:
+        return "-"
+    student = sum(b["student"] for b in blocks) / len(blocks)
+    teacher = sum(b["teacher"] for b in blocks) / len(blocks)
+    return f"{student:.3f} ({teacher:.3f})"
 
 
 if __name__ == "__main__":

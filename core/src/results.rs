@@ -23,6 +23,17 @@ pub const TEACHER_FORWARD_MS: &str = "teacher_forward_ms";
 /// Export (a label): the device the speed-up was measured on (`NVIDIA H200`, `cpu`).
 pub const SPEED_DEVICE: &str = "speed_device";
 
+/// Evaluate: per hybrid block, the student's linear-branch share of its output and the
+/// teacher's softmax mass on the same tokens (`linear_share/block-03`,
+/// `teacher_linear_share/block-03`); worker/src/attention/linear_share.rs defines them.
+pub const LINEAR_SHARE: &str = "linear_share";
+pub const TEACHER_LINEAR_SHARE: &str = "teacher_linear_share";
+
+/// The metric name of `kind` ([`LINEAR_SHARE`] or [`TEACHER_LINEAR_SHARE`]) for `block`.
+pub fn linear_share_metric(kind: &str, block: usize) -> String {
+    format!("{kind}/block-{block:02}")
+}
+
 /// `student 1.90x faster than the teacher at 480x832x81 on NVIDIA H100` (or `slower`): how
 /// the export's measured speed-up reads in logs and `surgeryctl status`.
 pub fn speed_sentence(speedup: f64, resolution: &str, device: &str) -> String {
@@ -39,6 +50,15 @@ pub fn speed_sentence(speedup: f64, resolution: &str, device: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linear_share_metrics_name_the_block() {
+        assert_eq!(linear_share_metric(LINEAR_SHARE, 3), "linear_share/block-03");
+        assert_eq!(
+            linear_share_metric(TEACHER_LINEAR_SHARE, 12),
+            "teacher_linear_share/block-12"
+        );
+    }
 
     #[test]
     fn the_speed_sentence_says_faster_or_slower() {

@@ -10,6 +10,7 @@ pub mod anchors;
 pub mod feature_map;
 pub mod fused;
 pub mod hybrid;
+pub mod linear_share;
 pub mod score_loss;
 
 use tch::Tensor;

@@ -10,22 +10,32 @@
 //! the prompts (colour, shape, trajectory, consistency, motion), the student's PSNR
 //! against the teacher from the same noise, and the teacher's seed-to-seed spread (it
 //! samples each prompt from a second noise too), under `testbed` in the report.
+//! For hybrid blocks, the share of the output that comes from the linear branch
+//! ([`share`]), measured on the same noised latents as the velocity error, beside the
+//! teacher's softmax mass on those tokens (`linear_share` in the report,
+//! `linear_share/block-NN` and `teacher_linear_share/block-NN` in the metrics).
 //! Written to `evaluate/report.json` and the task's metrics.
+
+mod share;
+mod testbed_inputs;
 
 use super::TaskContext;
 use super::capture::scheduler;
 use super::export::velocity;
-use super::folders::{model_folder, put_json};
+use super::folders::put_json;
 use super::model_inputs;
 use crate::model::WanTransformer;
 use crate::sampler::{self, prompt_seed, seeded_noise};
 use crate::stages::task::{TaskError, TaskOutput};
-use crate::testbed::{self, EvaluationSamples, TestbedDescription};
+use crate::testbed::{self, EvaluationSamples};
 use serde_json::json;
+use share::LinearShareMeter;
 use std::collections::BTreeMap;
 use surgery_core::layout;
+use surgery_core::results::{LINEAR_SHARE, TEACHER_LINEAR_SHARE, linear_share_metric};
 use surgery_core::spec::JobSpec;
 use tch::{Kind, Tensor};
+use testbed_inputs::{testbed_inputs, testbed_metrics};
 
 pub const SIGMAS: [f64; 5] = [0.1, 0.3, 0.5, 0.7, 0.9];
 
@@ -95,6 +105,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let mut samples: [Vec<Tensor>; 3] = Default::default();
     let mut psnrs = Vec::new();
     let mut velocity_errors: Vec<Vec<f64>> = SIGMAS.iter().map(|_| Vec::new()).collect();
+    let mut shares = LinearShareMeter::default();
     for (done, index) in heldout.iter().enumerate() {
         ctx.handle.check()?;
         let text = prompts.embeds.narrow(0, i64::from(*index), 1).to_device(ctx.device);
@@ -103,9 +114,10 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         let by_student = sample_with(&student.model, spec, &noise, &text, negative.as_ref())?;
         psnrs.push(psnr(&by_student, &by_teacher));
         if testbed.is_some() {
-            // The rule `surgery-worker testbed sample` uses, so the two agree.
+            // The rule `surgery-worker testbed sample` uses (testbed/sampling.rs), so the
+            // two give a prompt the same second noise.
             let second = seeded_noise(
-                testbed::second_noise_seed(prompt_seed(spec.sampler.seed, u64::from(*index))),
+                prompt_seed(testbed::second_noise_seed(spec.sampler.seed), u64::from(*index)),
                 &shape,
                 ctx.device,
             );
@@ -123,6 +135,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
                     velocity(&student.model, &x, &t, &text),
                 );
                 velocity_errors[i].push((&vs - &vt).norm().double_value(&[]) / vt.norm().double_value(&[]));
+                shares.measure(&student.model, &x, &t, &text);
             }
         });
         ctx.handle
@@ -135,6 +148,11 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     ]);
     for (sigma, errors) in SIGMAS.iter().zip(&velocity_errors) {
         metrics.insert(format!("velocity_rel_error_sigma_{sigma}"), mean(errors));
+    }
+    let shares = shares.blocks();
+    for s in &shares {
+        metrics.insert(linear_share_metric(LINEAR_SHARE, s.block), s.share.student);
+        metrics.insert(linear_share_metric(TEACHER_LINEAR_SHARE, s.block), s.share.teacher);
     }
     let testbed_report = match testbed {
         Some((description, prompts)) => {
@@ -161,6 +179,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         "sigmas": SIGMAS,
         "velocity_relative_error": velocity_errors,
         "mean": metrics,
+        "linear_share": shares,
         "testbed": testbed_report,
     });
     let path = layout::EVALUATE_REPORT.to_string();
@@ -171,64 +190,6 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         labels: BTreeMap::new(),
         report: true,
     })
-}
-
-/// The testbed's description and the held-out prompts' attribute tuples, when the teacher
-/// is a testbed teacher; `None` for any other job.
-fn testbed_inputs(
-    ctx: &super::TaskContext,
-    spec: &JobSpec,
-    heldout: &[u32],
-) -> Result<Option<(TestbedDescription, Vec<testbed::Prompt>)>, TaskError> {
-    let teacher_dir = model_folder(ctx, &spec.teacher.url)?;
-    if !teacher_dir.join(testbed::folder::DESCRIPTION_FILE).exists() {
-        return Ok(None);
-    }
-    let description = TestbedDescription::read(&teacher_dir).map_err(|e| TaskError::Fatal(format!("{e:#}")))?;
-    let url = match spec.data.prompts.rsplit_once('/') {
-        Some((dir, _)) => format!("{dir}/{}", testbed::folder::PROMPTS_JSON),
-        None => testbed::folder::PROMPTS_JSON.to_string(),
-    };
-    let bytes = model_inputs::read_url(ctx, &url)?;
-    let set: testbed::PromptSet = serde_json::from_slice(&bytes)
-        .map_err(|e| TaskError::Fatal(format!("{url} is not a testbed prompt set: {e}")))?;
-    let all: Vec<testbed::Prompt> = set.train.iter().chain(&set.held_out).cloned().collect();
-    let prompts = heldout
-        .iter()
-        .map(|i| {
-            all.get(*i as usize).cloned().ok_or_else(|| {
-                TaskError::Fatal(format!(
-                    "{url} holds {} prompts; the spec evaluates prompt {i}",
-                    all.len()
-                ))
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(Some((description, prompts)))
-}
-
-/// The testbed report's headline numbers as task metrics (`testbed_` prefixed).
-fn testbed_metrics(report: &testbed::EvaluationReport) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    let mut flatten = |prefix: &str, value: serde_json::Value| {
-        if let serde_json::Value::Object(map) = value {
-            for (name, v) in map {
-                if let Some(x) = v.as_f64().filter(|x| x.is_finite()) {
-                    out.insert(format!("testbed_{prefix}_{name}"), x);
-                }
-            }
-        }
-    };
-    flatten("teacher", serde_json::to_value(report.teacher.mean).unwrap_or_default());
-    flatten("student", serde_json::to_value(report.student.mean).unwrap_or_default());
-    flatten(
-        "teacher_spread",
-        serde_json::to_value(report.teacher_seed_spread.mean_abs_difference).unwrap_or_default(),
-    );
-    if report.student_teacher_psnr_db.is_finite() {
-        out.insert("testbed_student_teacher_psnr_db".into(), report.student_teacher_psnr_db);
-    }
-    out
 }
 
 #[cfg(test)]
