@@ -466,9 +466,31 @@ pub fn fake_heldout_error(block: u32, rate: u32) -> f64 {
 /// The tiny CPU job of configs/, renamed and with overrides applied by string
 /// replacement.
 pub fn tiny_spec(name: &str, replacements: &[(&str, &str)]) -> String {
-    let mut yaml = include_str!("../../configs/tiny.yaml").replace("name: tiny", &format!("name: {name}"));
+    edited_spec("tiny.yaml", include_str!("../../configs/tiny.yaml"), name, replacements)
+}
+
+/// The quality testbed's CPU job (configs/testbed-cpu.yaml), renamed and with overrides
+/// applied by string replacement.
+pub fn testbed_cpu_spec(name: &str, replacements: &[(&str, &str)]) -> String {
+    edited_spec(
+        "testbed-cpu.yaml",
+        include_str!("../../configs/testbed-cpu.yaml"),
+        name,
+        replacements,
+    )
+}
+
+/// `yaml` (the config `file`) with its first `name:` line set to `name` and every
+/// replacement applied; a replacement that matches nothing fails the test, so a config
+/// edit cannot silently turn an override off.
+fn edited_spec(file: &str, yaml: &str, name: &str, replacements: &[(&str, &str)]) -> String {
+    let old_name = yaml
+        .lines()
+        .find(|line| line.starts_with("name: "))
+        .unwrap_or_else(|| panic!("{file} has no name"));
+    let mut yaml = yaml.replacen(old_name, &format!("name: {name}"), 1);
     for (from, to) in replacements {
-        assert!(yaml.contains(from), "tiny.yaml has no `{from}`");
+        assert!(yaml.contains(from), "{file} has no `{from}`");
         yaml = yaml.replace(from, to);
     }
     yaml
