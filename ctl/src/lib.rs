@@ -13,6 +13,7 @@ pub mod error;
 pub mod exit;
 pub mod format;
 pub mod output;
+pub mod progress;
 pub mod render;
 pub mod view;
 
