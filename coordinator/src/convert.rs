@@ -77,6 +77,11 @@ pub fn params(params: &TaskParams) -> pb::TaskParams {
         TaskParams::Finetune => Kind::Finetune(pb::FinetuneParams {}),
         TaskParams::Export => Kind::Export(pb::ExportParams {}),
         TaskParams::Evaluate => Kind::Evaluate(pb::EvaluateParams {}),
+        TaskParams::Encode(encode) => Kind::Encode(pb::EncodeParams {
+            shard: encode.shard,
+            first_prompt: encode.first_prompt,
+            num_prompts: encode.num_prompts,
+        }),
     };
     pb::TaskParams { kind: Some(kind) }
 }

@@ -2,6 +2,7 @@
 //! [`Command`] (parsing the spec is decoding), run it through the [`Engine`], encode the
 //! answer; reads go straight to the engine's durable view.
 
+use crate::artifacts;
 use crate::command::{Command, Outcome, Reject};
 use crate::convert;
 use crate::engine::{Engine, short_id};
@@ -288,6 +289,54 @@ impl pb::job_service_server::JobService for JobApi {
         let engine = self.engine.clone();
         tokio::spawn(stream_logs(engine, req, ended, live, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type GetArtifactStream = Streamed<pb::ArtifactChunk>;
+
+    async fn get_artifact(
+        &self,
+        request: Request<pb::GetArtifactRequest>,
+    ) -> Result<Response<Self::GetArtifactStream>, Status> {
+        observed(&self.engine, "GetArtifact", async {
+            let req = request.into_inner();
+            let listed = self
+                .engine
+                .read(|state, _| {
+                    state.cluster.jobs.get(&req.job_id)?;
+                    Some(artifacts::is_listed(&state.cluster.tasks[&req.job_id].list, &req.path))
+                })
+                .await;
+            match listed {
+                None => {
+                    return Err(convert::reject_status(Reject::NotFound(format!(
+                        "job {} does not exist",
+                        req.job_id
+                    ))));
+                }
+                Some(false) => {
+                    return Err(convert::reject_status(Reject::NotFound(format!(
+                        "job {} has no artifact {}: `surgeryctl status {} --tasks` lists what its tasks wrote",
+                        req.job_id, req.path, req.job_id
+                    ))));
+                }
+                Some(true) => {}
+            }
+            let bytes = artifacts::read(&self.engine.config.object_store_url, &req.job_id, &req.path)
+                .await
+                .map_err(ServiceError::into_status)?;
+            let size = bytes.len() as u64;
+            let chunks: Vec<Result<pb::ArtifactChunk, Status>> = if bytes.is_empty() {
+                vec![Ok(pb::ArtifactChunk { data: Vec::new(), size })]
+            } else {
+                bytes
+                    .chunks(artifacts::CHUNK)
+                    .map(|c| Ok(pb::ArtifactChunk { data: c.to_vec(), size }))
+                    .collect()
+            };
+            let stream: Self::GetArtifactStream = Box::pin(tokio_stream::iter(chunks));
+            Ok(Response::new(stream))
+        })
+        .await
     }
 
     async fn get_metrics(

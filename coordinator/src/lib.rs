@@ -8,6 +8,7 @@
 //! kept apart from I/O ([`store`], [`committer`], [`engine`], the gRPC services, which
 //! only decode commands and encode outcomes, the HTTP pages).
 
+pub mod artifacts;
 pub mod cli;
 pub mod cluster;
 pub mod command;

@@ -64,6 +64,7 @@ pub enum TaskParams {
     Finetune,
     Export,
     Evaluate,
+    Encode(CaptureShard),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

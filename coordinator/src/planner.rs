@@ -2,10 +2,11 @@
 //! dependencies (DESIGN.md's job graph):
 //!
 //! ```text
-//! capture[shard] ──▶ distill[block, rate] ──▶ select ──▶ finetune (gang) ──▶ export ──▶ evaluate
+//! [encode[shard] ──▶] capture[shard] ──▶ distill[block, rate] ──▶ select ──▶ finetune (gang) ──▶ export ──▶ evaluate
 //! ```
 //!
-//! Distill tasks are only those the selection rule can use (all blocks x rates for the
+//! Encode tasks exist only for text prompts (`data.prompts` a .txt or .jsonl file). Distill
+//! tasks are only those the selection rule can use (all blocks x rates for the
 //! knapsack, one rate for the homogeneous rule, the listed pairs for a layout).
 
 use crate::model::{JobId, Stage, TaskParams, TaskRecord, TaskState, UnixMs};
@@ -36,12 +37,29 @@ pub fn plan(job_id: &JobId, spec: &JobSpec, now: UnixMs) -> Vec<TaskRecord> {
         });
     };
 
+    // Text prompts are encoded first; embedding files need no encode stage.
+    let encode = spec.encode_shard_list();
+    let after_encode = if encode.is_empty() {
+        Vec::new()
+    } else {
+        vec![Stage::Encode]
+    };
+    for shard in encode {
+        add(
+            ids::encode_task(shard.shard),
+            Stage::Encode,
+            TaskParams::Encode(shard),
+            Vec::new(),
+            1,
+        );
+    }
+
     for shard in spec.capture_shard_list() {
         add(
             ids::capture_task(shard.shard),
             Stage::Capture,
             TaskParams::Capture(shard),
-            Vec::new(),
+            after_encode.clone(),
             1,
         );
     }
@@ -157,6 +175,36 @@ mod tests {
             }
             seen.insert(task.stage);
         }
+    }
+
+    #[test]
+    fn text_prompts_are_encoded_before_capture() {
+        let yaml = format!(
+            "{}data:\n  prompts: /p/prompts.jsonl\n  train_prompts: 20\n  heldout_prompts: 3\n  prompts_per_shard: 8\n",
+            "version: 1\nname: p\nteacher:\n  url: /m\n  preset: wan2.1-t2v-1.3b\n"
+        ) + "video: {frames: 81, height: 480, width: 832}\n";
+        let tasks = plan(&"j".to_string(), &JobSpec::parse(&yaml).unwrap(), 0);
+        let encode: Vec<&TaskRecord> = tasks.iter().filter(|t| t.stage == Stage::Encode).collect();
+        // 23 prompts (20 train + 3 held out) in slices of 8.
+        let ids: Vec<&str> = encode.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["encode/shard-0000", "encode/shard-0001", "encode/shard-0002"]);
+        assert_eq!(
+            encode[2].params,
+            TaskParams::Encode(CaptureShard {
+                shard: 2,
+                first_prompt: 16,
+                num_prompts: 7
+            })
+        );
+        assert!(encode.iter().all(|t| t.after.is_empty() && t.order < 3));
+        let capture = tasks.iter().find(|t| t.id == "capture/shard-0000").unwrap();
+        assert_eq!(capture.after, vec![Stage::Encode]);
+        // Embedding files plan no encode stage.
+        assert!(
+            plan(&"j".to_string(), &spec(""), 0)
+                .iter()
+                .all(|t| t.stage != Stage::Encode)
+        );
     }
 
     #[test]

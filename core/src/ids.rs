@@ -1,10 +1,14 @@
 //! The names of jobs and tasks. One place builds them, so the planner, the worker and the
-//! CLI agree: task names `capture/shard-0003`, `distill/block-07/rate-4`,
+//! CLI agree: task names `encode/shard-0003`, `capture/shard-0003`, `distill/block-07/rate-4`,
 //! `distill/block-07/rate-linear`, `select`, `finetune`, `export`, `evaluate`; job ids
 //! `{spec name}-{suffix}`; and the `job:task` reference workers use on the wire.
 
 use crate::rate::Rate;
 use std::fmt;
+
+pub fn encode_task(shard: u32) -> String {
+    format!("encode/shard-{shard:04}")
+}
 
 pub fn capture_task(shard: u32) -> String {
     format!("capture/shard-{shard:04}")
@@ -60,6 +64,7 @@ mod tests {
 
     #[test]
     fn names_sort_in_plan_order() {
+        assert_eq!(encode_task(3), "encode/shard-0003");
         assert_eq!(capture_task(3), "capture/shard-0003");
         assert_eq!(distill_task(7, Rate::Hybrid(4)), "distill/block-07/rate-4");
         assert_eq!(distill_task(12, Rate::Linear), "distill/block-12/rate-linear");

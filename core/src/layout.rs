@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! spec.yaml
+//! encode/shard-{s}.safetensors              encode: prompt (and negative) embeddings
 //! cache/block-{b}/shard-{s}.safetensors     capture: block b's inputs for shard s
 //! latents/shard-{s}.safetensors             capture: the teacher's final latents
 //! distill/block-{b}/rate-{r}/               distill: checkpoints (step-{n}/, latest.json),
@@ -14,6 +15,7 @@
 //!     final/ (the student folder), loss_curve.json
 //! export/                                   export: the student folder, report.json
 //! evaluate/report.json                      evaluate
+//! evaluate/previews/prompt-{p}.{mp4,gif}     evaluate: teacher | student videos
 //! ```
 
 use crate::rate::Rate;
@@ -25,6 +27,12 @@ pub fn job_root(job: &str) -> String {
 
 /// The spec as submitted.
 pub const SPEC: &str = "spec.yaml";
+
+/// `encode/shard-{s}.safetensors`: `prompt_embeds` [n, text_len, text_dim] (and
+/// `negative_embeds` alike) of encode shard s's prompts, as diffusers' WanPipeline builds them.
+pub fn encode_shard(shard: u32) -> String {
+    format!("encode/shard-{shard:04}.safetensors")
+}
 
 /// `cache/block-{b}/shard-{s}.safetensors`
 pub fn cache_shard(block: u32, shard: u32) -> String {
@@ -70,6 +78,15 @@ pub const EXPORT_REPORT: &str = "export/report.json";
 /// The evaluation report: teacher agreement on held-out prompts.
 pub const EVALUATE_REPORT: &str = "evaluate/report.json";
 
+/// `evaluate/previews`: the evaluate stage's videos.
+pub const EVALUATE_PREVIEWS: &str = "evaluate/previews";
+
+/// `evaluate/previews/prompt-{p}.{ext}`: held-out prompt p, teacher and student side by
+/// side, as `mp4` or `gif`.
+pub fn evaluate_preview(prompt: u32, ext: &str) -> String {
+    format!("{EVALUATE_PREVIEWS}/prompt-{prompt:04}.{ext}")
+}
+
 /// `{dir}/step-{n}`, zero-padded so listing order is step order.
 pub fn checkpoint_dir(dir: &str, step: u64) -> String {
     format!("{dir}/step-{step:010}")
@@ -92,6 +109,7 @@ mod tests {
     #[test]
     fn paths_follow_the_design() {
         assert_eq!(job_root("j1"), "jobs/j1");
+        assert_eq!(encode_shard(5), "encode/shard-0005.safetensors");
         assert_eq!(cache_shard(3, 12), "cache/block-03/shard-0012.safetensors");
         assert_eq!(latents_shard(2), "latents/shard-0002.safetensors");
         let dir = distill_dir(3, Rate::Hybrid(4));
@@ -109,5 +127,6 @@ mod tests {
         assert!(FINETUNE_FINAL.starts_with(FINETUNE_DIR));
         assert!(FINETUNE_LOSS_CURVE.starts_with(FINETUNE_DIR));
         assert!(EXPORT_REPORT.starts_with(EXPORT_DIR));
+        assert_eq!(evaluate_preview(17, "mp4"), "evaluate/previews/prompt-0017.mp4");
     }
 }

@@ -90,6 +90,7 @@ impl TaskState {
 /// A stage of the job graph (DESIGN.md), in plan order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Stage {
+    Encode,
     Capture,
     Distill,
     Select,
@@ -99,7 +100,8 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
+        Stage::Encode,
         Stage::Capture,
         Stage::Distill,
         Stage::Select,
@@ -110,6 +112,7 @@ impl Stage {
 
     pub fn word(self) -> &'static str {
         match self {
+            Stage::Encode => "encode",
             Stage::Capture => "capture",
             Stage::Distill => "distill",
             Stage::Select => "select",
@@ -170,7 +173,9 @@ mod tests {
         let stages: Vec<&str> = Stage::ALL.iter().map(|s| s.word()).collect();
         assert_eq!(
             stages,
-            ["capture", "distill", "select", "finetune", "export", "evaluate"]
+            [
+                "encode", "capture", "distill", "select", "finetune", "export", "evaluate"
+            ]
         );
         let classes: HashSet<&str> = FailureClass::ALL.iter().map(|c| c.word()).collect();
         assert_eq!(classes.len(), 4);

@@ -103,6 +103,15 @@ pub enum Command {
         #[arg(long)]
         task: Option<String>,
     },
+    /// Download the evaluate stage's videos (held-out prompts, teacher left, student right,
+    /// from the same noise) as MP4 and GIF.
+    Previews {
+        job: String,
+        /// Folder to write them into (created if missing). Not `--output`: that global
+        /// flag picks the output format.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }

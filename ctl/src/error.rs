@@ -12,6 +12,8 @@ pub enum CtlError {
     Usage(String),
     /// A file that could not be read.
     Read { path: String, source: std::io::Error },
+    /// A file that could not be written (a download).
+    Write { path: String, source: std::io::Error },
     /// The spec failed local validation (exit 3); `file` names it in the lines.
     InvalidSpec {
         file: String,
@@ -53,7 +55,7 @@ impl CtlError {
             CtlError::InvalidSpec { .. } => exit::INVALID_SPEC,
             CtlError::Connect { .. } => exit::UNAVAILABLE,
             CtlError::Service { error, .. } => exit::for_kind(error.kind()),
-            CtlError::Read { .. } | CtlError::Protocol(_) | CtlError::Output(_) => exit::OTHER,
+            CtlError::Read { .. } | CtlError::Write { .. } | CtlError::Protocol(_) | CtlError::Output(_) => exit::OTHER,
             CtlError::OutputClosed => exit::OK,
         }
     }
@@ -63,6 +65,7 @@ impl CtlError {
         match self {
             CtlError::Usage(message) => format!("error: {message}"),
             CtlError::Read { path, source } => format!("error: cannot read {path}: {source}"),
+            CtlError::Write { path, source } => format!("error: cannot write {path}: {source}"),
             CtlError::InvalidSpec { file, summary, fields } => render_spec_errors(file, summary, fields),
             CtlError::Connect { addr, reason } => {
                 format!("error: cannot reach the coordinator at {addr}: {reason}\nhint: set --addr or SURGERY_ADDR")

@@ -193,6 +193,7 @@ pub struct TaskView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ParamsView {
+    Encode(CaptureShard),
     Capture(CaptureShard),
     Distill { block: u32, rate: String },
     Select,
@@ -241,6 +242,11 @@ impl From<&pb::Task> for TaskView {
 impl From<&ParamsKind> for ParamsView {
     fn from(kind: &ParamsKind) -> Self {
         match kind {
+            ParamsKind::Encode(encode) => ParamsView::Encode(CaptureShard {
+                shard: encode.shard,
+                first_prompt: encode.first_prompt,
+                num_prompts: encode.num_prompts,
+            }),
             ParamsKind::Capture(capture) => ParamsView::Capture(CaptureShard {
                 shard: capture.shard,
                 first_prompt: capture.first_prompt,

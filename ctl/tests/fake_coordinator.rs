@@ -60,6 +60,12 @@ fn distill_task(block: u32, rate: u32, state: TaskState) -> Task {
     }
 }
 
+fn artifact_bytes(path: &str) -> Vec<u8> {
+    (0..(5 << 19))
+        .map(|i: usize| (i % 251) as u8 ^ path.len() as u8)
+        .collect()
+}
+
 fn not_found(what: &str) -> Status {
     ServiceError::new(ErrorKind::NotFound, format!("no job {what}")).into_status()
 }
@@ -107,6 +113,20 @@ impl JobService for Fake {
                     ..Default::default()
                 });
                 (job("run-1", JobState::Running), vec![done, running])
+            }
+            "done-1" => {
+                let evaluate = Task {
+                    id: "evaluate".into(),
+                    stage: Stage::Evaluate as i32,
+                    state: TaskState::Succeeded as i32,
+                    result_artifacts: vec![
+                        "evaluate/report.json".into(),
+                        "evaluate/previews/prompt-0008.mp4".into(),
+                        "evaluate/previews/prompt-0008.gif".into(),
+                    ],
+                    ..Default::default()
+                };
+                (job("done-1", JobState::Succeeded), vec![evaluate])
             }
             other => return Err(not_found(other)),
         };
@@ -204,6 +224,27 @@ impl JobService for Fake {
         .filter(|line| request.task_id.is_empty() || line.task_id == request.task_id)
         .collect();
         Ok(Response::new(Box::pin(stream::iter(lines.into_iter().map(Ok)))))
+    }
+
+    type GetArtifactStream = BoxStream<'static, Result<ArtifactChunk, Status>>;
+
+    /// Artifacts of done-1: 2.5 MiB of a repeating byte pattern, in 1 MiB chunks as the
+    /// coordinator sends them.
+    async fn get_artifact(
+        &self,
+        request: Request<GetArtifactRequest>,
+    ) -> Result<Response<Self::GetArtifactStream>, Status> {
+        let request = request.into_inner();
+        if request.job_id != "done-1" || !request.path.starts_with("evaluate/previews/") {
+            return Err(not_found(&request.path));
+        }
+        let data = artifact_bytes(&request.path);
+        let size = data.len() as u64;
+        let chunks: Vec<Result<ArtifactChunk, Status>> = data
+            .chunks(1 << 20)
+            .map(|c| Ok(ArtifactChunk { data: c.to_vec(), size }))
+            .collect();
+        Ok(Response::new(Box::pin(stream::iter(chunks))))
     }
 
     async fn get_metrics(&self, request: Request<GetMetricsRequest>) -> Result<Response<GetMetricsResponse>, Status> {
@@ -581,4 +622,38 @@ fn a_spec_from_stdin_can_be_submitted() {
     let run = common::surgeryctl_with_stdin(&["--addr", &addr, "submit", "-"], &[], Some(&spec));
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(seen.lock().unwrap().submits[0].spec_yaml, spec);
+}
+
+#[test]
+fn previews_are_downloaded_whole_into_the_folder() {
+    let (addr, _) = start_fake();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("previews");
+    let run = surgeryctl(
+        &["--addr", &addr, "previews", "done-1", "--dir", out.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for name in ["prompt-0008.mp4", "prompt-0008.gif"] {
+        let file = out.join(name);
+        assert!(run.stdout.contains(file.to_str().unwrap()), "{}", run.stdout);
+        let want = artifact_bytes(&format!("evaluate/previews/{name}"));
+        assert_eq!(std::fs::read(&file).unwrap(), want, "{name} arrives whole, in order");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "part"))
+        .collect();
+    assert!(leftovers.is_empty(), "no .part files stay behind");
+
+    // A job whose evaluate has not run yet, and one that does not exist.
+    let pending = surgeryctl(&["--addr", &addr, "previews", "run-1"], &[]);
+    assert_eq!(pending.code, 4, "not found: {}", pending.stderr);
+    assert!(
+        pending.stderr.contains("job run-1 has no evaluate task"),
+        "{}",
+        pending.stderr
+    );
+    let missing = surgeryctl(&["--addr", &addr, "previews", "nope"], &[]);
+    assert_eq!(missing.code, 4, "{}", missing.stderr);
 }

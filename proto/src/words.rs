@@ -42,6 +42,7 @@ pub fn task_state(state: pb::TaskState) -> Option<TaskState> {
 impl From<Stage> for pb::Stage {
     fn from(stage: Stage) -> Self {
         match stage {
+            Stage::Encode => pb::Stage::Encode,
             Stage::Capture => pb::Stage::Capture,
             Stage::Distill => pb::Stage::Distill,
             Stage::Select => pb::Stage::Select,

@@ -23,6 +23,7 @@
 //! - [`runtime`]: LibTorch set-up every binary of this crate runs first, and device timing.
 //! - [`testbed`]: procedurally generated videos with known ground truth, their prompt code book,
 //!   the exact latent codec and the ground-truth quality metrics.
+//! - [`video`]: video files of samples (GIF, MP4 with H.264).
 //!
 //! The GPU benchmarks are the separate crate surgery-bench (bench/), over this public API.
 
@@ -39,3 +40,4 @@ pub mod storage;
 pub mod student;
 pub mod testbed;
 pub mod train;
+pub mod video;

@@ -107,6 +107,18 @@ fn every_task_param_kind_reaches_the_wire() {
     use pb::task_params::Kind;
     let cases = [
         (
+            TaskParams::Encode(surgery_core::spec::CaptureShard {
+                shard: 1,
+                first_prompt: 8,
+                num_prompts: 8,
+            }),
+            Kind::Encode(pb::EncodeParams {
+                shard: 1,
+                first_prompt: 8,
+                num_prompts: 8,
+            }),
+        ),
+        (
             TaskParams::Capture(surgery_core::spec::CaptureShard {
                 shard: 3,
                 first_prompt: 12,

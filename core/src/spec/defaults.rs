@@ -7,6 +7,9 @@ use crate::rate::Rate;
 pub fn prompts_per_shard() -> u32 {
     8
 }
+pub fn previews() -> u32 {
+    2
+}
 pub fn finetune_data() -> String {
     "capture".to_string()
 }
@@ -158,7 +161,10 @@ impl Default for FinetuneSpec {
 
 impl Default for EvaluateSpec {
     fn default() -> Self {
-        EvaluateSpec { steps: sampler_steps() }
+        EvaluateSpec {
+            steps: sampler_steps(),
+            previews: previews(),
+        }
     }
 }
 

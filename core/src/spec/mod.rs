@@ -52,9 +52,22 @@ pub struct JobSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherSpec {
-    /// Object-store URL (or local path) of a diffusers-format model folder:
-    /// config.json plus safetensors (single file or sharded with its index).
+    /// Object-store URL (or local path) of a diffusers-format transformer folder
+    /// (config.json plus safetensors, single file or sharded with its index), or of a
+    /// diffusers pipeline folder (model_index.json with transformer/, text_encoder/,
+    /// tokenizer/ and vae/), where the worker finds the other models.
     pub url: String,
+    /// The umT5 text encoder's folder (transformers' UMT5EncoderModel); default: the
+    /// pipeline's `text_encoder/`. Needed when `data.prompts` is text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_encoder: Option<String>,
+    /// The folder holding the encoder's tokenizer.json; default: the pipeline's `tokenizer/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    /// The Wan VAE's folder (diffusers' AutoencoderKLWan), for videos; default: the
+    /// pipeline's `vae/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<String>,
     /// A known architecture; exactly one of `preset` and `shape`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<Preset>,
@@ -82,10 +95,15 @@ pub enum Dtype {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
-    /// Object-store URL of a safetensors file holding `prompt_embeds`
-    /// [prompts, text_len, text_dim] (and optionally `negative_embeds` [1, text_len, text_dim]
-    /// for classifier-free guidance).
+    /// Object-store URL of the prompts, by its extension (see [`PromptSource`]): `.txt`
+    /// (one prompt per line), `.jsonl` (`{"prompt": ..., "negative_prompt": ...}` per
+    /// line), both encoded by the job's encode stage; anything else is a safetensors file
+    /// holding `prompt_embeds` [prompts, text_len, text_dim] (and optionally
+    /// `negative_embeds` [1 or prompts, text_len, text_dim] for classifier-free guidance).
     pub prompts: String,
+    /// The negative prompt of text prompts without their own (diffusers' default: empty).
+    #[serde(default)]
+    pub negative_prompt: String,
     /// Prompts the teacher samples in the capture stage (the first ones of the file).
     pub train_prompts: u32,
     /// Prompts after the training ones, kept for evaluation.
@@ -378,6 +396,9 @@ pub struct EvaluateSpec {
     /// Sampling steps for the teacher-agreement check on held-out prompts.
     #[serde(default = "defaults::sampler_steps")]
     pub steps: u32,
+    /// Held-out prompts rendered as videos, teacher and student side by side (0: none).
+    #[serde(default = "defaults::previews")]
+    pub previews: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -483,6 +504,32 @@ impl JobSpec {
         }
     }
 
+    /// What `data.prompts` holds.
+    pub fn prompt_source(&self) -> PromptSource {
+        PromptSource::of(&self.data.prompts)
+    }
+
+    /// The encode tasks' slices of every prompt the job uses (training and held-out),
+    /// `prompts_per_shard` each, so encode shard s holds capture shard s's prompts; none
+    /// when the prompts are embeddings already.
+    pub fn encode_shard_list(&self) -> Vec<CaptureShard> {
+        if !self.prompt_source().needs_encoding() {
+            return Vec::new();
+        }
+        let total = self.data.train_prompts + self.data.heldout_prompts;
+        let per_shard = self.data.prompts_per_shard.max(1);
+        (0..total.div_ceil(per_shard))
+            .map(|shard| {
+                let first_prompt = shard * per_shard;
+                CaptureShard {
+                    shard,
+                    first_prompt,
+                    num_prompts: per_shard.min(total - first_prompt),
+                }
+            })
+            .collect()
+    }
+
     /// Number of capture tasks.
     pub fn capture_shards(&self) -> u32 {
         self.data.train_prompts.div_ceil(self.data.prompts_per_shard.max(1))
@@ -504,7 +551,36 @@ impl JobSpec {
     }
 }
 
-/// One capture task's slice of the training prompts (the coordinator stores it, the
+/// What `data.prompts` holds, told by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptSource {
+    /// A safetensors file of precomputed embeddings.
+    Embeddings,
+    /// `.txt`: one prompt per line (blank lines skipped).
+    Text,
+    /// `.jsonl`: one JSON object per line with `prompt` and optionally `negative_prompt`.
+    JsonLines,
+}
+
+impl PromptSource {
+    pub fn of(url: &str) -> PromptSource {
+        let lower = url.to_ascii_lowercase();
+        if lower.ends_with(".txt") {
+            PromptSource::Text
+        } else if lower.ends_with(".jsonl") {
+            PromptSource::JsonLines
+        } else {
+            PromptSource::Embeddings
+        }
+    }
+
+    /// Text prompts need the encode stage (tokenizer and text encoder on the workers).
+    pub fn needs_encoding(self) -> bool {
+        self != PromptSource::Embeddings
+    }
+}
+
+/// One capture (or encode) task's slice of the prompts (the coordinator stores it, the
 /// worker reads it from the wire, surgeryctl shows it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaptureShard {

@@ -485,3 +485,68 @@ fn space_to_depth_needs_48_channels() {
         "`space_to_depth` makes 48-channel latents, but the teacher preset takes 16; spell out teacher.shape with in_channels and out_channels 48"
     );
 }
+
+#[test]
+fn text_prompts_plan_an_encode_shard_per_slice_of_every_prompt() {
+    let embeds = JobSpec::parse(&with("")).unwrap();
+    assert_eq!(embeds.prompt_source(), PromptSource::Embeddings);
+    assert!(embeds.encode_shard_list().is_empty());
+
+    let text = JobSpec::parse(&BASE.replace("prompts.safetensors", "prompts.txt").replace(
+        "train_prompts: 16",
+        "train_prompts: 16\n  heldout_prompts: 4\n  prompts_per_shard: 6",
+    ))
+    .unwrap();
+    assert_eq!(text.prompt_source(), PromptSource::Text);
+    assert_eq!(text.data.negative_prompt, "", "diffusers' default negative prompt");
+    let shards = text.encode_shard_list();
+    // 20 prompts (16 train + 4 held out) in slices of 6, aligned with capture's slices.
+    let slices: Vec<(u32, u32)> = shards.iter().map(|s| (s.first_prompt, s.num_prompts)).collect();
+    assert_eq!(slices, [(0, 6), (6, 6), (12, 6), (18, 2)]);
+    assert_eq!(text.capture_shard_list()[1].first_prompt, shards[1].first_prompt);
+    assert_eq!(PromptSource::of("s3://b/p.JSONL"), PromptSource::JsonLines);
+}
+
+#[test]
+fn a_negative_prompt_needs_text_prompts() {
+    let err = one_error(&BASE.replace("train_prompts: 16", "train_prompts: 16\n  negative_prompt: blurry"));
+    assert_eq!(err.path, "data.negative_prompt");
+    assert!(err.message.contains("applies to text prompts"), "{}", err.message);
+    let ok = JobSpec::parse(
+        &BASE
+            .replace("prompts.safetensors", "prompts.jsonl")
+            .replace("train_prompts: 16", "train_prompts: 16\n  negative_prompt: blurry"),
+    )
+    .unwrap();
+    assert_eq!(ok.data.negative_prompt, "blurry");
+}
+
+#[test]
+fn pipeline_model_urls_are_checked() {
+    let err = one_error(&BASE.replace(
+        "  preset: wan2.1-t2v-1.3b",
+        "  preset: wan2.1-t2v-1.3b\n  vae: ftp://host/vae",
+    ));
+    assert_eq!(err.path, "teacher.vae");
+    assert!(
+        err.message.contains("unsupported URL scheme `ftp://`"),
+        "{}",
+        err.message
+    );
+    let ok = JobSpec::parse(&BASE.replace(
+        "  preset: wan2.1-t2v-1.3b",
+        "  preset: wan2.1-t2v-1.3b\n  text_encoder: s3://b/umt5\n  tokenizer: s3://b/tok",
+    ))
+    .unwrap();
+    assert_eq!(ok.teacher.text_encoder.as_deref(), Some("s3://b/umt5"));
+    assert!(ok.teacher.vae.is_none());
+}
+
+#[test]
+fn previews_are_bounded() {
+    let spec = JobSpec::parse(&with("")).unwrap();
+    assert_eq!(spec.stages.evaluate.previews, 2);
+    let err = one_error(&with("stages:\n  evaluate:\n    previews: 65\n"));
+    assert_eq!(err.path, "stages.evaluate.previews");
+    assert!(err.message.contains("out of range"), "{}", err.message);
+}

@@ -105,6 +105,15 @@ pub(super) fn validate(spec: &JobSpec, yaml: &str) -> Result<(), SpecError> {
 
     // Teacher.
     c.url("teacher.url", &spec.teacher.url);
+    for (path, url) in [
+        ("teacher.text_encoder", &spec.teacher.text_encoder),
+        ("teacher.tokenizer", &spec.teacher.tokenizer),
+        ("teacher.vae", &spec.teacher.vae),
+    ] {
+        if let Some(url) = url {
+            c.url(path, url);
+        }
+    }
     match (&spec.teacher.preset, &spec.teacher.shape) {
         (None, None) => c.fail(
             "teacher",
@@ -146,6 +155,12 @@ pub(super) fn validate(spec: &JobSpec, yaml: &str) -> Result<(), SpecError> {
 
     // Data.
     c.url("data.prompts", &spec.data.prompts);
+    if !spec.prompt_source().needs_encoding() && !spec.data.negative_prompt.is_empty() {
+        c.fail(
+            "data.negative_prompt",
+            "applies to text prompts (.txt or .jsonl); an embedding file carries its own `negative_embeds`",
+        );
+    }
     c.range_u32("data.train_prompts", spec.data.train_prompts, 1, 10_000_000);
     c.range_u32("data.prompts_per_shard", spec.data.prompts_per_shard, 1, 100_000);
     if spec.data.finetune_data != "capture" {
@@ -430,6 +445,7 @@ pub(super) fn validate(spec: &JobSpec, yaml: &str) -> Result<(), SpecError> {
         );
     }
     c.range_u32("stages.evaluate.steps", spec.stages.evaluate.steps, 1, 1000);
+    c.range_u32("stages.evaluate.previews", spec.stages.evaluate.previews, 0, 64);
 
     // Resources, checkpoints, retries.
     c.range_u32("resources.finetune_workers", workers, 1, 1024);

@@ -8,6 +8,7 @@ mod control;
 mod list;
 mod logs;
 mod metrics;
+mod previews;
 mod status;
 mod submit;
 mod validate;
@@ -47,6 +48,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, CtlError> {
         Command::Watch { job } => watch::run(&ctx, &job).await,
         Command::Workers => workers::run(&ctx).await,
         Command::Metrics { job, task } => metrics::run(&ctx, &job, task.as_deref()).await,
+        Command::Previews { job, dir } => previews::run(&ctx, &job, &dir).await,
         Command::Completions { shell } => completions::run(shell),
     }
 }

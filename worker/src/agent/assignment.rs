@@ -17,6 +17,14 @@ pub fn stage_input(assignment: &pb::TaskAssignment) -> Result<StageInput, TaskEr
         JobSpec::parse(&assignment.spec_yaml).map_err(|e| TaskError::Fatal(format!("the job spec is invalid: {e}")))?;
     let kind = assignment.params.as_ref().and_then(|p| p.kind.as_ref());
     let params = match (words::decode(assignment.stage, words::stage), kind) {
+        (Some(Stage::Encode), Some(Kind::Encode(p))) => StageParams::Encode(CaptureShard {
+            shard: p.shard,
+            first_prompt: p.first_prompt,
+            num_prompts: p.num_prompts,
+        }),
+        (Some(Stage::Encode), _) => {
+            return Err(TaskError::Fatal("an encode task without encode parameters".into()));
+        }
         (Some(Stage::Capture), Some(Kind::Capture(p))) => StageParams::Capture(CaptureShard {
             shard: p.shard,
             first_prompt: p.first_prompt,

@@ -32,14 +32,13 @@ pub fn run(ctx: &TaskContext, params: CaptureShard) -> Result<TaskOutput, TaskEr
     let spec = &ctx.input.spec;
     let job = ctx.job_storage()?;
     let (_vs, teacher) = model_inputs::teacher(ctx, spec)?;
-    let prompts = model_inputs::prompts(ctx, spec)?;
+    let prompts = model_inputs::prompts(ctx, spec, params.first_prompt..params.first_prompt + params.num_prompts)?;
     let kind = teacher.compute_kind();
     let cfg = teacher.config().clone();
     let (lf, lh, lw) = spec.latent_dims();
     let shape = [1, cfg.in_channels, i64::from(lf), i64::from(lh), i64::from(lw)];
     let capture_steps: Vec<usize> = spec.stages.capture.steps.iter().map(|s| *s as usize).collect();
     let blocks = teacher.num_blocks();
-    let negative = prompts.negative.as_ref().map(|n| n.to_device(ctx.device).to_kind(kind));
 
     // Per block: the captured rows, in (prompt, step) order.
     let mut hidden: Vec<Vec<Tensor>> = (0..blocks).map(|_| Vec::new()).collect();
@@ -51,11 +50,8 @@ pub fn run(ctx: &TaskContext, params: CaptureShard) -> Result<TaskOutput, TaskEr
     for offset in 0..params.num_prompts {
         ctx.handle.check()?;
         let index = first + offset;
-        let text = prompts
-            .embeds
-            .narrow(0, i64::from(index), 1)
-            .to_device(ctx.device)
-            .to_kind(kind);
+        let text = prompts.text(index).to_device(ctx.device).to_kind(kind);
+        let negative = prompts.negative(index).map(|n| n.to_device(ctx.device).to_kind(kind));
         let noise = seeded_noise(prompt_seed(spec.sampler.seed, u64::from(index)), &shape, ctx.device);
         let mut schedule = scheduler(spec.sampler.scheduler, spec.sampler.shift, spec.sampler.steps as usize);
         let final_latents = sampler::sample(

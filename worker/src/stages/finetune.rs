@@ -14,9 +14,10 @@
 //! complete one. Rank 0 writes the final student to `finetune/final/` and completes.
 
 use super::TaskContext;
-use super::folders::{model_folder, put_json, upload_folder};
+use super::folders::{put_json, upload_folder};
 use super::gang::collective_error;
 use super::model_inputs::{self, kind_of};
+use super::pipeline;
 use super::seeds;
 use super::trainer::Trainer;
 use super::training::{LoopSettings, LossCurve, Training};
@@ -50,7 +51,7 @@ impl Dataset {
         let mut latents = Vec::new();
         let mut text = Vec::new();
         if spec.data.finetune_data == "capture" {
-            let prompts = model_inputs::prompts(ctx, spec)?;
+            let prompts = model_inputs::prompts(ctx, spec, 0..spec.data.train_prompts)?;
             for shard in 0..spec.capture_shards() {
                 let path = layout::latents_shard(shard);
                 let bytes = ctx.block_on(job.get(&path)).map_err(TaskError::retryable)?;
@@ -60,7 +61,7 @@ impl Dataset {
                 };
                 for i in 0..l.size()[0] {
                     latents.push(l.get(i));
-                    text.push(prompts.embeds.get(p.int64_value(&[i])));
+                    text.push(prompts.text(p.int64_value(&[i]) as u32).squeeze_dim(0));
                 }
             }
         } else {
@@ -122,7 +123,7 @@ fn build_student(ctx: &TaskContext, spec: &JobSpec, job: &Storage) -> Result<Stu
         ));
     }
     let surgery = SurgeryConfig::new(spec.surgery.feature_map.clone(), converted.clone());
-    let teacher_dir = model_folder(ctx, &spec.teacher.url)?;
+    let teacher_dir = pipeline::transformer_folder(ctx)?;
     let mut student = Student::from_teacher(&teacher_dir, surgery, ctx.device, kind_of(spec.teacher.dtype))
         .map_err(TaskError::fatal)?;
     for block in &converted {

@@ -32,6 +32,8 @@ pub struct StageInput {
 /// The stage and what it works on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageParams {
+    /// Text prompts to embeddings, a slice of the prompts.
+    Encode(CaptureShard),
     Capture(CaptureShard),
     Distill(DistillPair),
     Finetune,
@@ -39,7 +41,8 @@ pub enum StageParams {
     Evaluate,
 }
 
-/// A capture task: prompts `first_prompt .. first_prompt + num_prompts` make shard `shard`.
+/// A capture (or encode) task: prompts `first_prompt .. first_prompt + num_prompts` make
+/// shard `shard`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CaptureShard {
     pub shard: u32,

@@ -21,6 +21,8 @@
 //!   loss, progress, checkpoints); [`trainer`]: parameters, fp32 masters and AdamW.
 //! - [`cache`]: the block cache (held-out split, training order, prefetching reader).
 //! - [`model_inputs`]: the teacher, the student, the prompt embeddings.
+//! - [`pipeline`]: where the teacher's models are (a transformer or a pipeline folder);
+//!   [`prompt_file`]: text prompts as users write them (.txt, .jsonl).
 //! - [`folders`]: folders between the store and the worker's disk.
 //! - [`seeds`]: seeds, the one shuffle, LibTorch's generator under a lock.
 //! - [`gang`]: a gang member's rendezvous and collective.
@@ -35,6 +37,8 @@ pub mod folders;
 pub mod gang;
 pub mod input;
 pub mod model_inputs;
+pub mod pipeline;
+pub mod prompt_file;
 pub mod seeds;
 pub mod task;
 pub mod trainer;
@@ -75,6 +79,9 @@ impl TaskContext {
 /// Runs the task's stage.
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     match ctx.input.params {
+        StageParams::Encode(_) => Err(TaskError::Fatal(
+            "text prompts need the encode stage's umT5 encoder, which this worker build does not have yet".into(),
+        )),
         StageParams::Capture(shard) => capture::run(ctx, shard),
         StageParams::Distill(pair) => distill::run(ctx, pair),
         StageParams::Finetune => finetune::run(ctx),

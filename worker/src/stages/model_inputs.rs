@@ -3,12 +3,15 @@
 //! the spec names.
 
 use super::TaskContext;
-use super::folders::{download_folder, model_folder};
+use super::folders::download_folder;
+use super::pipeline;
 use super::task::TaskError;
 use crate::model::{WanTransformer, WeightsError, weights};
 use crate::storage::{Storage, tensors};
 use crate::student::Student;
+use std::ops::Range;
 use std::path::PathBuf;
+use surgery_core::layout;
 use surgery_core::spec::{Dtype, JobSpec};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
@@ -46,7 +49,7 @@ pub fn read_url(ctx: &TaskContext, url: &str) -> Result<bytes::Bytes, TaskError>
 
 /// The teacher on the task's device in the spec's dtype, checked against the spec.
 pub fn teacher(ctx: &TaskContext, spec: &JobSpec) -> Result<(VarStore, WanTransformer), TaskError> {
-    let dir = model_folder(ctx, &spec.teacher.url)?;
+    let dir = pipeline::transformer_folder(ctx)?;
     let (vs, model) = weights::load(&dir, ctx.device, kind_of(spec.teacher.dtype)).map_err(weights_error)?;
     check_shape(spec, &model)?;
     Ok((vs, model))
@@ -93,29 +96,58 @@ pub fn check_shape(spec: &JobSpec, model: &WanTransformer) -> Result<(), TaskErr
     Ok(())
 }
 
-/// The prompt embeddings: `prompt_embeds` [P, L, text_dim] and, for guidance > 1,
-/// `negative_embeds` [1, L, text_dim], on the CPU.
+/// The embeddings of a range of prompts (f32, CPU): from the spec's embedding file, or
+/// from the encode stage's shards when the prompts are text.
 pub struct Prompts {
-    pub embeds: Tensor,
-    pub negative: Option<Tensor>,
+    first: u32,
+    /// [n, L, text_dim], prompt `first + i` at row i.
+    embeds: Tensor,
+    /// [1 or n, L, text_dim]: one negative for all, or one per prompt.
+    negative: Option<Tensor>,
 }
 
-pub fn prompts(ctx: &TaskContext, spec: &JobSpec) -> Result<Prompts, TaskError> {
-    let bytes = read_url(ctx, &spec.data.prompts)?;
-    let mut map = tensors::from_bytes(&bytes)
-        .map_err(|e| TaskError::Fatal(format!("{} is not a safetensors file: {e}", spec.data.prompts)))?;
-    let embeds = map.remove("prompt_embeds").ok_or_else(|| {
-        TaskError::Fatal(format!(
-            "{} has no `prompt_embeds` tensor [prompts, L, text_dim]",
-            spec.data.prompts
-        ))
-    })?;
+impl Prompts {
+    /// Prompt `index`'s embeddings, [1, L, text_dim].
+    pub fn text(&self, index: u32) -> Tensor {
+        self.embeds.narrow(0, i64::from(index - self.first), 1)
+    }
+
+    /// Prompt `index`'s negative embeddings, [1, L, text_dim], when guidance needs them.
+    pub fn negative(&self, index: u32) -> Option<Tensor> {
+        self.negative.as_ref().map(|n| {
+            if n.size()[0] == 1 {
+                n.shallow_clone()
+            } else {
+                n.narrow(0, i64::from(index - self.first), 1)
+            }
+        })
+    }
+}
+
+/// The embeddings of prompts `range` (indices into the spec's prompts).
+pub fn prompts(ctx: &TaskContext, spec: &JobSpec, range: Range<u32>) -> Result<Prompts, TaskError> {
+    if spec.prompt_source().needs_encoding() {
+        encoded_prompts(ctx, spec, range)
+    } else {
+        embedded_prompts(ctx, spec, range)
+    }
+}
+
+/// From the spec's embedding file: `prompt_embeds` [P, L, text_dim] and, for guidance > 1,
+/// `negative_embeds` [1 or P, L, text_dim].
+fn embedded_prompts(ctx: &TaskContext, spec: &JobSpec, range: Range<u32>) -> Result<Prompts, TaskError> {
+    let url = &spec.data.prompts;
+    let bytes = read_url(ctx, url)?;
+    let mut map =
+        tensors::from_bytes(&bytes).map_err(|e| TaskError::Fatal(format!("{url} is not a safetensors file: {e}")))?;
+    let embeds = map
+        .remove("prompt_embeds")
+        .ok_or_else(|| TaskError::Fatal(format!("{url} has no `prompt_embeds` tensor [prompts, L, text_dim]")))?;
     let needed = i64::from(spec.data.train_prompts + spec.data.heldout_prompts);
     let shape = spec.model_shape();
     if embeds.dim() != 3 || embeds.size()[0] < needed || embeds.size()[2] != i64::from(shape.text_dim) {
         return Err(TaskError::Fatal(format!(
-            "{}: `prompt_embeds` is {:?}; the spec needs at least {needed} prompts (train + held-out) of width {}",
-            spec.data.prompts,
+            "{url}: `prompt_embeds` is {:?}; the spec needs at least {needed} prompts (train + held-out) of width {}",
             embeds.size(),
             shape.text_dim
         )));
@@ -123,13 +155,71 @@ pub fn prompts(ctx: &TaskContext, spec: &JobSpec) -> Result<Prompts, TaskError> 
     let negative = map.remove("negative_embeds");
     if spec.sampler.guidance > 1.0 && negative.is_none() {
         return Err(TaskError::Fatal(format!(
-            "{} has no `negative_embeds` [1, L, text_dim], which guidance {} needs",
-            spec.data.prompts, spec.sampler.guidance
+            "{url} has no `negative_embeds` [1, L, text_dim], which guidance {} needs",
+            spec.sampler.guidance
         )));
     }
+    let rows = |t: &Tensor| t.narrow(0, i64::from(range.start), i64::from(range.end - range.start));
+    let negative = match negative {
+        Some(n) if n.dim() == 3 && n.size()[0] == 1 => Some(n),
+        Some(n) if n.dim() == 3 && n.size()[0] == embeds.size()[0] => Some(rows(&n)),
+        Some(n) => {
+            return Err(TaskError::Fatal(format!(
+                "{url}: `negative_embeds` is {:?}; expected [1, L, text_dim] or one per prompt [{}, L, text_dim]",
+                n.size(),
+                embeds.size()[0]
+            )));
+        }
+        None => None,
+    };
     Ok(Prompts {
-        embeds: embeds.to_kind(Kind::Float),
+        first: range.start,
+        embeds: rows(&embeds).to_kind(Kind::Float),
         negative: negative.map(|n| n.to_kind(Kind::Float)),
+    })
+}
+
+/// From the encode stage's shards (`layout::encode_shard`), reading only those `range`
+/// overlaps.
+fn encoded_prompts(ctx: &TaskContext, spec: &JobSpec, range: Range<u32>) -> Result<Prompts, TaskError> {
+    let job = ctx.job_storage()?;
+    let shards = spec.encode_shard_list();
+    let (mut embeds, mut negative) = (Vec::new(), Vec::new());
+    let mut first = None;
+    for shard in shards
+        .iter()
+        .filter(|s| s.first_prompt < range.end && range.start < s.first_prompt + s.num_prompts)
+    {
+        let path = layout::encode_shard(shard.shard);
+        let bytes = ctx.block_on(job.get(&path)).map_err(TaskError::retryable)?;
+        let mut map = tensors::from_bytes(&bytes).map_err(TaskError::retryable)?;
+        let text = map
+            .remove("prompt_embeds")
+            .ok_or_else(|| TaskError::Retryable(format!("{path} has no `prompt_embeds`")))?;
+        first.get_or_insert(shard.first_prompt);
+        embeds.push(text.to_kind(Kind::Float));
+        if let Some(n) = map.remove("negative_embeds") {
+            negative.push(n.to_kind(Kind::Float));
+        }
+    }
+    let Some(first) = first else {
+        return Err(TaskError::Fatal(format!(
+            "prompts {range:?} are outside the {} the spec encodes",
+            spec.data.train_prompts + spec.data.heldout_prompts
+        )));
+    };
+    let all = Tensor::cat(&embeds, 0);
+    let keep = |t: &Tensor| t.narrow(0, i64::from(range.start - first), i64::from(range.end - range.start));
+    if spec.sampler.guidance > 1.0 && negative.len() != embeds.len() {
+        return Err(TaskError::Retryable(
+            "an encode shard has no `negative_embeds`, which guidance needs".into(),
+        ));
+    }
+    let negative = (!negative.is_empty()).then(|| keep(&Tensor::cat(&negative, 0)));
+    Ok(Prompts {
+        first: range.start,
+        embeds: keep(&all),
+        negative,
     })
 }
 

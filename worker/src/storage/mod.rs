@@ -13,7 +13,9 @@
 
 pub mod checkpoint;
 pub mod snapshot;
-pub mod store;
+/// The object store by URL lives in its own crate (surgery-store), which the coordinator
+/// shares to serve a job's artifacts.
+pub use surgery_store as store;
 pub mod tensors;
 
 pub use checkpoint::{CheckpointError, Checkpointer, FileEntry, MANIFEST_FILE, Manifest, Restored, SkippedCheckpoint};

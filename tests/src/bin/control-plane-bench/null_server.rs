@@ -70,6 +70,13 @@ impl JobService for Null {
     async fn get_logs(&self, _: Request<pb::GetLogsRequest>) -> Result<Response<Self::GetLogsStream>, Status> {
         Err(Status::unimplemented("null server"))
     }
+    type GetArtifactStream = Streamed<pb::ArtifactChunk>;
+    async fn get_artifact(
+        &self,
+        _: Request<pb::GetArtifactRequest>,
+    ) -> Result<Response<Self::GetArtifactStream>, Status> {
+        Err(Status::unimplemented("null server"))
+    }
     async fn get_metrics(&self, _: Request<pb::GetMetricsRequest>) -> Result<Response<pb::GetMetricsResponse>, Status> {
         Err(Status::unimplemented("null server"))
     }

@@ -86,8 +86,6 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let job = ctx.job_storage()?;
     let (student, _) = model_inputs::student(ctx, &job, layout::EXPORT_DIR, "evaluate")?;
     let (_tvs, teacher) = model_inputs::teacher(ctx, spec)?;
-    let prompts = model_inputs::prompts(ctx, spec)?;
-    let negative = prompts.negative.as_ref().map(|n| n.to_device(ctx.device));
     // Held-out prompts follow the training ones; with none configured, the first prompt
     // stands in (and the report says so).
     let train = spec.data.train_prompts;
@@ -100,6 +98,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         );
         vec![0]
     };
+    let range = heldout[0]..heldout[heldout.len() - 1] + 1;
+    let prompts = model_inputs::prompts(ctx, spec, range)?;
     let shape = super::export::probe_shape(spec);
     let testbed = testbed_inputs(ctx, spec, &heldout)?;
     let mut samples: [Vec<Tensor>; 3] = Default::default();
@@ -108,7 +108,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let mut shares = LinearShareMeter::default();
     for (done, index) in heldout.iter().enumerate() {
         ctx.handle.check()?;
-        let text = prompts.embeds.narrow(0, i64::from(*index), 1).to_device(ctx.device);
+        let text = prompts.text(*index).to_device(ctx.device);
+        let negative = prompts.negative(*index).map(|n| n.to_device(ctx.device));
         let noise = seeded_noise(prompt_seed(spec.sampler.seed, u64::from(*index)), &shape, ctx.device);
         let by_teacher = sample_with(&teacher, spec, &noise, &text, negative.as_ref())?;
         let by_student = sample_with(&student.model, spec, &noise, &text, negative.as_ref())?;

@@ -3,8 +3,8 @@
 //! numbers out as metrics.
 
 use crate::stages::TaskContext;
-use crate::stages::folders::model_folder;
 use crate::stages::model_inputs;
+use crate::stages::pipeline;
 use crate::stages::task::TaskError;
 use crate::testbed::{self, TestbedDescription};
 use std::collections::BTreeMap;
@@ -17,7 +17,7 @@ pub(super) fn testbed_inputs(
     spec: &JobSpec,
     heldout: &[u32],
 ) -> Result<Option<(TestbedDescription, Vec<testbed::Prompt>)>, TaskError> {
-    let teacher_dir = model_folder(ctx, &spec.teacher.url)?;
+    let teacher_dir = pipeline::transformer_folder(ctx)?;
     if !teacher_dir.join(testbed::folder::DESCRIPTION_FILE).exists() {
         return Ok(None);
     }

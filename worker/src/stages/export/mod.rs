@@ -54,8 +54,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         .map(|r| r.metrics.clone())
         .unwrap_or_default();
 
-    let prompts = model_inputs::prompts(ctx, spec)?;
-    let text = prompts.embeds.narrow(0, 0, 1).to_device(ctx.device);
+    let prompts = model_inputs::prompts(ctx, spec, 0..1)?;
+    let text = prompts.text(0).to_device(ctx.device);
     let (probe_mean_abs, probe_rel) = probe(&student.model, &teacher, &text, probe_shape(spec));
     ctx.handle.check()?;
     let speed = speed::measure(&student.model, &teacher, spec, &text, probe_shape(spec));
