@@ -2,9 +2,9 @@
 //! its tokenizer, so capture and evaluation jobs can embed prompts without a Python
 //! process, and so the embeddings are the pipeline's. [`tokenize`] cleans prompts like
 //! diffusers' `WanPipeline` and tokenizes them like transformers 5's `T5Tokenizer` (the
-//! `tokenizers` crate on the pipeline's tokenizer.json); `umt5` (next) is transformers'
+//! `tokenizers` crate on the pipeline's tokenizer.json); [`umt5`] is transformers'
 //! `UMT5EncoderModel` in tch, loaded from a transformers folder (single or sharded
-//! safetensors, fp32/bf16/fp16); `wan_prompt_embeds` (next) is `WanPipeline._get_t5_prompt_embeds`.
+//! safetensors, fp32/bf16/fp16); [`wan_prompt_embeds`] is `WanPipeline._get_t5_prompt_embeds`.
 //! Parity with transformers and diffusers is tested against committed goldens in
 //! `worker/tests/umt5.rs` (generator: `scripts/golden/make_umt5_golden.py`). This module
 //! owns text only: the diffusion transformer that consumes the embeddings is
@@ -12,12 +12,14 @@
 
 mod html5_entities;
 pub mod tokenize;
+pub mod umt5;
 
 use std::path::PathBuf;
 
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 pub use tokenize::{PromptTokenizer, TokenBatch, prompt_clean};
+pub use umt5::{Umt5Config, Umt5Encoder};
 
 use crate::model::weights::WeightsError;
 
@@ -79,4 +81,35 @@ pub enum TextError {
         "the tokenizer has {tokenizer} ids but the text encoder's vocabulary only {encoder}: they are not from one pipeline"
     )]
     VocabMismatch { tokenizer: usize, encoder: i64 },
+}
+
+/// diffusers' `WanPipeline._get_t5_prompt_embeds(prompts, max_sequence_length=max_len)`
+/// (`max_len` is 512 in Wan): each prompt cleaned ([`prompt_clean`]), tokenized to
+/// `max_len` with its `</s>`, encoded with its mask, then every row cut to its token count
+/// and zero-filled back to `max_len`: [B, max_len, d_model] in the encoder's dtype on its
+/// device (the pipeline then casts to the transformer's dtype). Runs without autograd.
+pub fn wan_prompt_embeds(
+    tokenizer: &PromptTokenizer,
+    encoder: &Umt5Encoder,
+    prompts: &[String],
+    max_len: usize,
+) -> Result<Tensor, TextError> {
+    if tokenizer.vocab_size() as i64 > encoder.config().vocab_size {
+        return Err(TextError::VocabMismatch {
+            tokenizer: tokenizer.vocab_size(),
+            encoder: encoder.config().vocab_size,
+        });
+    }
+    let cleaned: Vec<String> = prompts.iter().map(|p| prompt_clean(p)).collect();
+    let batch = tokenizer.encode_batch(&cleaned, max_len)?;
+    let device = encoder.device();
+    tch::no_grad(|| {
+        let hidden = encoder.forward(&batch.ids, &batch.mask);
+        // seq_lens = mask.gt(0).sum(1); [u[:v] for u, v in ...] padded with new_zeros: the
+        // positions from each row's length on become exact zeros.
+        let seq_lens = batch.mask.gt(0).sum_dim_intlist(1, true, Kind::Int64).to_device(device); // [B, 1]
+        let positions = Tensor::arange(max_len as i64, (Kind::Int64, device)).unsqueeze(0); // [1, L]
+        let kept = positions.lt_tensor(&seq_lens).unsqueeze(-1); // [B, L, 1]
+        Ok(hidden.where_scalarother(&kept, 0.0))
+    })
 }
