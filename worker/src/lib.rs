@@ -11,6 +11,7 @@
 //! - [`stages`]: the stage executors (capture, distill, finetune, export, evaluate) and what
 //!   they share (the training loop, the block cache, seeds, model inputs, folders).
 //! - [`model`]: the Wan2.1 diffusion transformer with diffusers' names and numerics.
+//! - [`text`]: prompts to text embeddings: the umT5 encoder and tokenizer, as WanPipeline runs them.
 //! - [`attention`]: self-attention cores: softmax, and the hybrid softmax + linear attention.
 //! - [`kernels`]: the CUDA kernels (fused attention, fused block element-wise work),
 //!   compiled at run time with LibTorch's NVRTC.
@@ -39,5 +40,6 @@ pub mod stages;
 pub mod storage;
 pub mod student;
 pub mod testbed;
+pub mod text;
 pub mod train;
 pub mod video;

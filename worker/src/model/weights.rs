@@ -294,8 +294,9 @@ fn corrupt(path: &Path, reason: impl std::fmt::Display) -> WeightsError {
 }
 
 /// A safetensors file's header (name -> dtype, shape, offsets) without its data, checked
-/// against the file's size so a truncated file is caught before loading.
-fn read_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, WeightsError> {
+/// against the file's size so a truncated file is caught before loading. Also used by the
+/// text encoder's loader ([`crate::text::umt5`]).
+pub fn read_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, WeightsError> {
     let mut file = File::open(path).map_err(io_error(path))?;
     let file_len = file.metadata().map_err(io_error(path))?.len();
     let mut len_bytes = [0u8; 8];
@@ -340,7 +341,8 @@ fn read_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, WeightsError
     Ok(tensors)
 }
 
-fn kind_of(dtype: Dtype) -> Option<Kind> {
+/// The tch dtype of a safetensors float dtype; `None` for the dtypes models are not stored in.
+pub fn kind_of(dtype: Dtype) -> Option<Kind> {
     match dtype {
         Dtype::F32 => Some(Kind::Float),
         Dtype::BF16 => Some(Kind::BFloat16),

@@ -7,6 +7,8 @@
 //! the gang's [`gang::Rendezvous`] and reads the [`TaskHandle`].
 //!
 //! The stages:
+//! - [`encode`]: a slice of text prompts to umT5 embeddings, as diffusers' WanPipeline
+//!   makes them (only when `data.prompts` is text).
 //! - [`capture`]: the teacher samples a shard of prompts; every block's input hidden state
 //!   and timestep projection at the configured steps go to `cache/block-{b}/shard-{s}`,
 //!   the final latents to `latents/shard-{s}` (the default fine-tuning data).
@@ -30,6 +32,7 @@
 pub mod cache;
 pub mod capture;
 pub mod distill;
+pub mod encode;
 pub mod evaluate;
 pub mod export;
 pub mod finetune;
@@ -79,9 +82,7 @@ impl TaskContext {
 /// Runs the task's stage.
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     match ctx.input.params {
-        StageParams::Encode(_) => Err(TaskError::Fatal(
-            "text prompts need the encode stage's umT5 encoder, which this worker build does not have yet".into(),
-        )),
+        StageParams::Encode(shard) => encode::run(ctx, shard),
         StageParams::Capture(shard) => capture::run(ctx, shard),
         StageParams::Distill(pair) => distill::run(ctx, pair),
         StageParams::Finetune => finetune::run(ctx),
