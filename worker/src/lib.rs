@@ -2,7 +2,7 @@
 //! links LibTorch; the coordinator and surgeryctl never depend on it.
 //!
 //! The layers, each using only those below it: `bin/surgery-worker` -> [`cli`] -> [`agent`]
-//! -> [`stages`] -> [`model`], [`attention`], [`student`], [`train`], [`sampler`],
+//! -> [`stages`] -> [`model`], [`vae`], [`attention`], [`student`], [`train`], [`sampler`],
 //! [`storage`], [`collective`], [`kernels`], [`runtime`]. Only the agent speaks the wire (surgery-proto).
 //!
 //! - [`cli`]: the `surgery-worker` command (the agent, model tools for users).
@@ -12,6 +12,8 @@
 //!   they share (the training loop, the block cache, seeds, model inputs, folders).
 //! - [`model`]: the Wan2.1 diffusion transformer with diffusers' names and numerics.
 //! - [`text`]: prompts to text embeddings: the umT5 encoder and tokenizer, as WanPipeline runs them.
+//! - [`vae`]: the Wan2.1 VAE's decoder (latents to video frames) with diffusers' names and
+//!   numerics, frame by frame with its causal cache, optionally in spatial tiles.
 //! - [`attention`]: self-attention cores: softmax, and the hybrid softmax + linear attention.
 //! - [`kernels`]: the CUDA kernels (fused attention, fused block element-wise work),
 //!   compiled at run time with LibTorch's NVRTC.
@@ -43,3 +45,4 @@ pub mod testbed;
 pub mod text;
 pub mod train;
 pub mod video;
+pub mod vae;

@@ -154,11 +154,43 @@ pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<(VarStore, WanTran
     Ok((vs, model))
 }
 
+/// Which tensors of a checkpoint a model may leave unread, and which of its parameters
+/// stay fp32 in a reduced-precision model: what differs between the models this crate
+/// loads from diffusers folders.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadRules {
+    /// Whether parameter `name` stays fp32 when the model is loaded in bf16/fp16.
+    pub keeps_fp32: fn(&str) -> bool,
+    /// Whether checkpoint tensor `name`, which the model does not have, is skipped
+    /// rather than refused.
+    pub skips_unexpected: fn(&str) -> bool,
+}
+
+/// The transformer's rules: [`KEEP_IN_FP32`] and [`IGNORED_UNEXPECTED`].
+pub const TRANSFORMER_RULES: LoadRules = LoadRules {
+    keeps_fp32,
+    skips_unexpected: |name| name.split('.').any(|c| IGNORED_UNEXPECTED.contains(&c)),
+};
+
 /// Fills every variable of `vs` from the checkpoint in `dir`, by name. Each becomes
 /// [`param_kind`]`(name, kind)` on the store's device. Fails, before reading any tensor
 /// data, if the checkpoint lacks a variable, has one with another shape, or has tensors
 /// the store does not (other than [`IGNORED_UNEXPECTED`]).
 pub fn load_into(vs: &VarStore, dir: &Path, kind: Kind) -> Result<(), WeightsError> {
+    load_into_with(vs, dir, kind, &TRANSFORMER_RULES)
+}
+
+/// [`load_into`] under another model's [`LoadRules`]: a variable becomes fp32 where
+/// `rules.keeps_fp32` says so and `kind` otherwise; checkpoint tensors the store lacks
+/// are refused unless `rules.skips_unexpected` accepts them (they are then never read).
+pub fn load_into_with(vs: &VarStore, dir: &Path, kind: Kind, rules: &LoadRules) -> Result<(), WeightsError> {
+    let kind_for = |name: &str| {
+        if kind != Kind::Float && (rules.keeps_fp32)(name) {
+            Kind::Float
+        } else {
+            kind
+        }
+    };
     let files = weight_files(dir)?;
     let mut headers = Vec::with_capacity(files.len());
     for path in &files {
@@ -195,7 +227,7 @@ pub fn load_into(vs: &VarStore, dir: &Path, kind: Kind) -> Result<(), WeightsErr
         .keys()
         .copied()
         .filter(|name| !variables.contains_key(*name))
-        .filter(|name| !name.split('.').any(|c| IGNORED_UNEXPECTED.contains(&c)))
+        .filter(|name| !(rules.skips_unexpected)(name))
         .collect();
     if !unexpected.is_empty() {
         return Err(WeightsError::UnexpectedTensors {
@@ -234,7 +266,7 @@ pub fn load_into(vs: &VarStore, dir: &Path, kind: Kind) -> Result<(), WeightsErr
                 let source_kind = kind_of(view.dtype()).expect("dtypes checked above");
                 let host = Tensor::f_from_data_size(view.data(), &shape, source_kind).map_err(|e| corrupt(path, e))?;
                 // set_data replaces the storage (and dtype) under every handle on the variable.
-                var.set_data(&host.to_device_(device, param_kind(name, kind), false, false));
+                var.set_data(&host.to_device_(device, kind_for(name), false, false));
             }
             Ok(())
         })?;
