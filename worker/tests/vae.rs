@@ -447,3 +447,43 @@ fn cuda_matches_goldens() {
         }
     }
 }
+
+/// Wan2.1's VAE at 480p x 81 frames (random weights, the default config) on a GPU: decodes
+/// latents [1, 16, 21, 60, 104] to [1, 3, 81, 480, 832] and prints the time. Set
+/// `VAE_TILING=1` for diffusers' default tiling, `VAE_KIND=fp32` for fp32 (bf16
+/// otherwise); measure the peak memory from outside (nvidia-smi), one process per case.
+/// Run alone, for the reason given at [`cuda_matches_goldens`].
+#[test]
+#[ignore = "needs a GPU: vae full_size_decode --ignored"]
+fn full_size_decode() {
+    surgery_worker::runtime::init();
+    if !tch::Cuda::is_available() {
+        eprintln!("no CUDA device: skipped");
+        return;
+    }
+    let device = Device::Cuda(0);
+    let tiling = std::env::var("VAE_TILING").is_ok_and(|v| v == "1");
+    let kind = match std::env::var("VAE_KIND").as_deref() {
+        Ok("fp32") => Kind::Float,
+        _ => Kind::BFloat16,
+    };
+    let cfg = surgery_worker::vae::VaeConfig::from_json("{}").unwrap();
+    let vae = WanVaeDecoder::new(&cfg, device, kind);
+    let options = DecodeOptions {
+        tiling: tiling.then(Tiling::default),
+    };
+    let latents = Tensor::randn([1, 16, 21, 60, 104], (Kind::Float, device));
+    let mut times = Vec::new();
+    for _ in 0..2 {
+        tch::Cuda::synchronize(0);
+        let start = std::time::Instant::now();
+        let video = vae.decode_with(&latents, &options);
+        tch::Cuda::synchronize(0);
+        times.push(start.elapsed().as_secs_f64());
+        assert_eq!(video.size(), [1, 3, 81, 480, 832]);
+        assert!(bool::try_from(video.isfinite().all()).unwrap(), "non-finite output");
+    }
+    eprintln!(
+        "Wan2.1 VAE decode 21 -> 81 frames at 480x832, {kind:?}, tiling {tiling}: {times:.2?} s (first includes warm-up)"
+    );
+}

@@ -32,13 +32,21 @@ pub struct WanVaeDecoder {
 }
 
 impl WanVaeDecoder {
-    /// The decoder with PyTorch's default initialisation (norm gammas 1), in fp32 on
+    /// The decoder with PyTorch's default initialisation (norm gammas 1) as `kind` on
     /// `device`: for benchmarks and tests; [`Self::load`] fills it from a checkpoint.
-    pub fn new(cfg: &VaeConfig, device: Device) -> Self {
+    pub fn new(cfg: &VaeConfig, device: Device, kind: Kind) -> Self {
         let vs = VarStore::new(device);
         let root = vs.root();
         let post_quant_conv = CausalConv3d::new(&root / "post_quant_conv", cfg.z_dim, cfg.z_dim, 1, 0);
         let decoder = Decoder::new(&root / "decoder", cfg);
+        if kind != Kind::Float {
+            tch::no_grad(|| {
+                for (_, mut var) in vs.variables() {
+                    // set_data swaps the storage under every handle, the layers' included.
+                    var.set_data(&var.to_kind(kind));
+                }
+            });
+        }
         WanVaeDecoder {
             vs,
             cfg: cfg.clone(),
@@ -55,7 +63,7 @@ impl WanVaeDecoder {
             return Err(VaeError::UnsupportedKind(kind));
         }
         let cfg = weights::read_config(dir)?;
-        let mut vae = Self::new(&cfg, device);
+        let mut vae = Self::new(&cfg, device, Kind::Float);
         load_into_with(&vae.vs, dir, kind, &DECODER_RULES)?;
         vae.vs.freeze();
         Ok(vae)
