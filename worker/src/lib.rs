@@ -44,5 +44,5 @@ pub mod student;
 pub mod testbed;
 pub mod text;
 pub mod train;
-pub mod video;
 pub mod vae;
+pub mod video;

@@ -205,3 +205,155 @@ fn bad_inputs_are_explained() {
     let run = worker(&["forward"]);
     assert_eq!(run.status.code(), Some(2), "usage error");
 }
+
+fn golden_vae() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden_vae/tiny")
+}
+
+/// 10 log10(255^2 / mse) of two equal-length byte strings.
+fn psnr_u8(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (255f64.powi(2) / mse.max(1e-12)).log10()
+}
+
+#[test]
+fn decode_writes_what_the_vae_makes_of_the_latents() {
+    use surgery_worker::vae::{WanVaeDecoder, to_u8_frames};
+    use surgery_worker::video::read_mp4_frames;
+    surgery_worker::runtime::init();
+    let dir = tempfile::tempdir().unwrap();
+    tch::manual_seed(3);
+    let latents = Tensor::randn([2, 4, 3, 4, 6], (Kind::Float, tch::Device::Cpu));
+    let file = dir.path().join("latents.safetensors");
+    weights::write_safetensors(&file, [("latents", &latents)], None).unwrap();
+    let out = dir.path().join("clip.mp4");
+    let run = worker(&[
+        "decode",
+        "--latents",
+        path(&file),
+        "--output",
+        path(&out),
+        "--vae",
+        path(&golden_vae()),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    // Two latents, two numbered files, each what the VAE decodes (through H.264).
+    let vae = WanVaeDecoder::load(&golden_vae(), tch::Device::Cpu, Kind::Float).unwrap();
+    let frames = |i: i64| {
+        let want = to_u8_frames(&vae.decode(&latents.narrow(0, i, 1)).get(0)).contiguous();
+        Vec::<u8>::try_from(&want.flatten(0, -1)).unwrap()
+    };
+    let want = [frames(0), frames(1)];
+    for i in 0..2 {
+        let name = dir.path().join(format!("clip-00{i}.mp4"));
+        let video = read_mp4_frames(&std::fs::read(&name).unwrap()).unwrap();
+        assert_eq!((video.frames.len(), video.height, video.width), (9, 32, 48));
+        let got: Vec<u8> = video.frames.concat();
+        // Random latents decode to noise-like frames, H.264's hardest case; the match
+        // must still stand out against the other clip.
+        let (db, other) = (psnr_u8(&got, &want[i]), psnr_u8(&got, &want[1 - i]));
+        assert!(
+            db > 20.0 && db > other + 3.0,
+            "clip {i}: {db:.1} dB, {other:.1} dB against the other clip"
+        );
+    }
+    let gif = dir.path().join("one.gif");
+    weights::write_safetensors(&file, [("latents", &latents.narrow(0, 0, 1))], None).unwrap();
+    let run = worker(&[
+        "decode",
+        "--latents",
+        path(&file),
+        "--output",
+        path(&gif),
+        "--vae",
+        path(&golden_vae()),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(&std::fs::read(&gif).unwrap()[..6], b"GIF89a");
+}
+
+#[test]
+fn sample_decode_and_decode_explain_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let latents = dir.path().join("l.safetensors");
+    weights::write_safetensors(
+        &latents,
+        [(
+            "latents",
+            &Tensor::zeros([1, 4, 3, 4, 6], (Kind::Float, tch::Device::Cpu)),
+        )],
+        None,
+    )
+    .unwrap();
+    let decode = |extra: &[&str]| {
+        let mut args = vec!["decode", "--latents", path(&latents)];
+        args.extend_from_slice(extra);
+        worker(&args)
+    };
+    let out = dir.path().join("x.mp4");
+    let run = decode(&["--output", path(&out)]);
+    assert!(!run.status.success());
+    assert!(
+        stderr(&run).contains("say how to decode: --vae DIR"),
+        "{}",
+        stderr(&run)
+    );
+    let (avi, vae) = (dir.path().join("x.avi"), golden_vae());
+    let run = decode(&["--output", path(&avi), "--vae", path(&vae)]);
+    assert!(
+        stderr(&run).contains("the video's name must end in .mp4 or .gif"),
+        "{}",
+        stderr(&run)
+    );
+    let tiny_a = golden("tiny_a");
+    let run = decode(&["--output", path(&out), "--model", path(&tiny_a)]);
+    assert!(
+        stderr(&run).contains("makes Wan VAE latents: pass the VAE's folder"),
+        "{}",
+        stderr(&run)
+    );
+    let run = decode(&["--output", path(&out), "--vae", path(dir.path())]);
+    assert!(stderr(&run).contains("loading the VAE at"), "{}", stderr(&run));
+    assert!(!out.exists(), "no video from a failed run");
+
+    // sample --decode checks the VAE before sampling, and then writes the video too.
+    let prompts = dir.path().join("p.safetensors");
+    let embeds = Tensor::randn([1, 8, 16], (Kind::Float, tch::Device::Cpu));
+    weights::write_safetensors(&prompts, [("prompt_embeds", &embeds)], None).unwrap();
+    let model = golden("tiny_a");
+    let sample = |extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--model",
+            path(&model),
+            "--prompts",
+            path(&prompts),
+            "--output",
+            path(&latents),
+            "--frames",
+            "9",
+            "--height",
+            "32",
+            "--width",
+            "48",
+            "--steps",
+            "2",
+            "--guidance",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        worker(&args)
+    };
+    let run = sample(&["--decode", path(&out)]);
+    assert!(stderr(&run).contains("pass the VAE's folder"), "{}", stderr(&run));
+    let run = sample(&["--decode", path(&out), "--vae", path(&vae)]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let video = surgery_worker::video::read_mp4_frames(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!((video.frames.len(), video.height, video.width), (9, 32, 48));
+}

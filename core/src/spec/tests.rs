@@ -54,6 +54,7 @@ fn shipped_configs_are_valid() {
     assert_eq!(wan.tokens(), 32_760);
     assert_eq!(wan.distill_pairs().len(), 30 * 3);
     assert_eq!(wan.capture_shards(), 125);
+    assert_eq!(wan.encode_shard_list().len(), 127, "1,016 text prompts, 8 a shard");
 
     let cpu = JobSpec::parse(TESTBED_CPU).unwrap();
     assert_eq!(cpu.video.latent_codec, LatentCodec::SpaceToDepth);

@@ -1,10 +1,11 @@
 //! The `surgery-worker` command: `run` (the agent that leases and executes tasks from a
 //! coordinator), `forward` and `sample` (check a teacher or student folder against a
 //! reference from files), `init-demo` (the tiny teacher and prompts of
-//! configs/tiny.yaml), and `testbed` (train and sample a quality-testbed teacher).
+//! configs/tiny.yaml), `decode` (latents to MP4 or GIF), and `testbed` (train and sample a quality-testbed teacher).
 //!
 //! Exit codes: 0 success, 1 error (bad file, missing tensor, no CUDA), 2 usage.
 
+mod decode;
 mod demo;
 mod files;
 mod forward;
@@ -116,6 +117,35 @@ pub enum Command {
         seed: u64,
         #[arg(long, value_enum, default_value = "unipc")]
         scheduler: SchedulerKind,
+        /// Also write each sample as a video (.mp4 or .gif; numbered when several prompts).
+        #[arg(long)]
+        decode: Option<PathBuf>,
+        /// The Wan VAE's folder for --decode (default: the pipeline's vae/ beside --model).
+        #[arg(long)]
+        vae: Option<PathBuf>,
+        /// Frames per second of the video.
+        #[arg(long, default_value_t = crate::video::DEFAULT_FPS)]
+        fps: u32,
+    },
+    /// Latents to video files: reads `latents` [P,C,F,H,W] (what `sample` writes) and writes
+    /// one .mp4 or .gif per latent (numbered when several).
+    Decode {
+        #[arg(long)]
+        latents: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// The Wan VAE's folder (diffusers' AutoencoderKLWan; a pipeline's vae/).
+        #[arg(long)]
+        vae: Option<PathBuf>,
+        /// The model that made the latents, when it is not a Wan VAE model (a testbed
+        /// teacher: its folder says how its latents decode).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// `cpu`, `cuda` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = crate::video::DEFAULT_FPS)]
+        fps: u32,
     },
     /// The quality testbed: train a small teacher from scratch on rendered clips, sample it.
     Testbed {
@@ -162,6 +192,9 @@ pub fn main() -> ExitCode {
             guidance,
             seed,
             scheduler,
+            decode,
+            vae,
+            fps,
         } => sample::run(&sample::Options {
             model: &model,
             prompts: &prompts,
@@ -172,6 +205,24 @@ pub fn main() -> ExitCode {
             guidance,
             seed,
             scheduler,
+            decode: decode.as_deref(),
+            vae: vae.as_deref(),
+            fps,
+        }),
+        Command::Decode {
+            latents,
+            output,
+            vae,
+            model,
+            device,
+            fps,
+        } => decode::run(&decode::Options {
+            latents: &latents,
+            output: &output,
+            model: model.as_deref(),
+            vae: vae.as_deref(),
+            device: &device,
+            fps,
         }),
         Command::Testbed { command } => testbed::run(command),
     };

@@ -18,6 +18,10 @@ pub struct Options<'a> {
     pub guidance: f64,
     pub seed: u64,
     pub scheduler: SchedulerKind,
+    /// Also write videos here (.mp4 or .gif).
+    pub decode: Option<&'a Path>,
+    pub vae: Option<&'a Path>,
+    pub fps: u32,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -28,6 +32,7 @@ pub fn run(options: &Options) -> Result<()> {
     if options.steps == 0 {
         bail!("--steps must be at least 1");
     }
+
     let (vs, model) = load_model(options.model)?;
     let cfg = model.config();
     let (lf, lh, lw) = surgery_core::cost::latent_dims(frames, height, width);
@@ -60,6 +65,18 @@ pub fn run(options: &Options) -> Result<()> {
         );
     }
     let device = vs.device();
+    // Checked before sampling: a missing VAE or a bad file name should not cost a run.
+    let decoder = match options.decode {
+        Some(path) => {
+            crate::video::Format::of(path)?;
+            Some(crate::video::PixelDecoder::for_model(
+                &options.model.model,
+                options.vae,
+                device,
+            )?)
+        }
+        None => None,
+    };
     let mut scheduler: Box<dyn Scheduler> = match options.scheduler {
         SchedulerKind::Euler => Box::new(FlowMatchEuler::with_steps(options.shift, options.steps)),
         SchedulerKind::Unipc => Box::new(UniPc::with_steps(
@@ -92,5 +109,9 @@ pub fn run(options: &Options) -> Result<()> {
         results.push(latents.to_kind(Kind::Float).to_device(tch::Device::Cpu));
     }
     let latents = Tensor::cat(&results, 0);
-    write(options.output, &[("latents", &latents)])
+    write(options.output, &[("latents", &latents)])?;
+    if let (Some(decoder), Some(path)) = (&decoder, options.decode) {
+        super::decode::write_videos(decoder, &latents, path, options.fps)?;
+    }
+    Ok(())
 }

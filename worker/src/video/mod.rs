@@ -1,15 +1,18 @@
-//! Video files of samples: GIF (image-rs's `gif`, pure Rust, what web pages show) and MP4
+//! Video files of samples, and the latents-to-pixels step before them ([`PixelDecoder`]:
+//! the testbed codec or the Wan VAE). GIF (image-rs's `gif`, pure Rust, what web pages show) and MP4
 //! with H.264 (`openh264`, Cisco's encoder built from source, muxed by `mp4`). A [`Video`]
 //! is RGB8 frames; [`Video::from_unit_range`] makes one from a decoded sample the way
-//! diffusers' video processor does ((x / 2 + 0.5) clamped to [0, 1], times 255, rounded).
+//! diffusers' video processor does (`vae::to_u8_frames`).
 
 mod encode;
+mod latents;
 
 pub use encode::{read_mp4_frames, write_gif, write_mp4};
+pub use latents::{PixelDecoder, sibling_vae};
 
 use anyhow::{Context, Result, bail, ensure};
 use std::path::Path;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Wan2.1 renders at 16 frames a second.
 pub const DEFAULT_FPS: u32 = 16;
@@ -41,12 +44,7 @@ impl Video {
             "expected pixels [3, frames, height, width], got {:?}",
             pixels.size()
         );
-        let bytes = (pixels.to_kind(Kind::Float) / 2.0 + 0.5)
-            .clamp(0.0, 1.0)
-            .multiply_scalar(255.0)
-            .round()
-            .to_kind(Kind::Uint8)
-            .permute([1, 2, 3, 0])
+        let bytes = crate::vae::to_u8_frames(&pixels)
             .contiguous()
             .to_device(tch::Device::Cpu);
         let (f, h, w) = (bytes.size()[0], bytes.size()[1] as usize, bytes.size()[2] as usize);
@@ -175,7 +173,8 @@ mod tests {
         let v = Video::from_unit_range(&t).unwrap();
         assert_eq!((v.width, v.height, v.frames.len()), (4, 1, 1));
         assert_eq!(v.frames[0], [0, 0, 0, 128, 128, 128, 255, 255, 255, 255, 255, 255]);
-        let err = Video::from_unit_range(&Tensor::zeros([4, 1, 2, 2], (Kind::Float, tch::Device::Cpu))).unwrap_err();
+        let err =
+            Video::from_unit_range(&Tensor::zeros([4, 1, 2, 2], (tch::Kind::Float, tch::Device::Cpu))).unwrap_err();
         assert!(
             err.to_string().contains("expected pixels [3, frames, height, width]"),
             "{err}"

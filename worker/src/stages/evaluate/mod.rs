@@ -14,8 +14,12 @@
 //! ([`share`]), measured on the same noised latents as the velocity error, beside the
 //! teacher's softmax mass on those tokens (`linear_share` in the report,
 //! `linear_share/block-NN` and `teacher_linear_share/block-NN` in the metrics).
+//! For the first `stages.evaluate.previews` held-out prompts, the teacher's and the
+//! student's samples become one side-by-side video (teacher left) stored as MP4 and GIF
+//! ([`previews`]), listed in the report and the task's artifacts.
 //! Written to `evaluate/report.json` and the task's metrics.
 
+mod previews;
 mod share;
 mod testbed_inputs;
 
@@ -24,6 +28,7 @@ use super::capture::scheduler;
 use super::export::velocity;
 use super::folders::put_json;
 use super::model_inputs;
+use super::pipeline;
 use crate::model::WanTransformer;
 use crate::sampler::{self, prompt_seed, seeded_noise};
 use crate::stages::task::{TaskError, TaskOutput};
@@ -102,6 +107,16 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
     let prompts = model_inputs::prompts(ctx, spec, range)?;
     let shape = super::export::probe_shape(spec);
     let testbed = testbed_inputs(ctx, spec, &heldout)?;
+    let wanted = spec.stages.evaluate.previews as usize;
+    let decoder = if wanted == 0 {
+        Err("no previews: stages.evaluate.previews is 0".to_string())
+    } else {
+        previews::decoder(ctx, &pipeline::transformer_folder(ctx)?)?
+    };
+    if let Err(why) = &decoder {
+        ctx.handle.log("warn", why.clone());
+    }
+    let mut stored = Vec::new();
     let mut samples: [Vec<Tensor>; 3] = Default::default();
     let mut psnrs = Vec::new();
     let mut velocity_errors: Vec<Vec<f64>> = SIGMAS.iter().map(|_| Vec::new()).collect();
@@ -114,6 +129,11 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         let by_teacher = sample_with(&teacher, spec, &noise, &text, negative.as_ref())?;
         let by_student = sample_with(&student.model, spec, &noise, &text, negative.as_ref())?;
         psnrs.push(psnr(&by_student, &by_teacher));
+        if let Ok(decoder) = &decoder
+            && done < wanted
+        {
+            stored.push(previews::store(ctx, &job, decoder, *index, &by_teacher, &by_student)?);
+        }
         if testbed.is_some() {
             // The rule `surgery-worker testbed sample` uses (testbed/sampling.rs), so the
             // two give a prompt the same second noise.
@@ -182,12 +202,18 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         "mean": metrics,
         "linear_share": shares,
         "testbed": testbed_report,
+        "previews": stored,
+        "previews_note": decoder.as_ref().err(),
     });
     let path = layout::EVALUATE_REPORT.to_string();
     put_json(ctx, &job, &path, &report)?;
+    let mut artifacts = vec![path];
+    for p in &stored {
+        artifacts.extend([p.mp4.clone(), p.gif.clone()]);
+    }
     Ok(TaskOutput {
         metrics,
-        artifacts: vec![path],
+        artifacts,
         labels: BTreeMap::new(),
         report: true,
     })
