@@ -22,7 +22,9 @@ fn model_bench_phases_run_in_smoke_mode() {
     // `attention`: softmax, then one line per rate (2, 4, 8, 16, 32, linear);
     // `attention-parts` says it was skipped on the CPU (no fused kernels there);
     // `model-forward`: the teacher and the all-R8 and all-R16 students.
-    let phases: [(&str, Vec<&str>); 6] = [
+    let phases: [(&str, Vec<&str>); 8] = [
+        ("umt5-encode", vec!["umt5-encode"]),
+        ("vae-decode", vec!["vae-decode"]),
         ("attention", vec!["attention"; 7]),
         ("attention-parts", vec!["attention-parts"]),
         ("model-forward", vec!["model-forward"; 3]),

@@ -32,7 +32,10 @@ const GOLDEN_TILING: Tiling = Tiling {
 };
 
 fn golden_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // At run time when set (a test binary carried to the GPU machine runs from another
+    // checkout), else where it was built.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join("tests/golden_vae")
         .join(name)
 }
@@ -432,7 +435,11 @@ fn cuda_matches_goldens() {
     let tiled = DecodeOptions {
         tiling: Some(GOLDEN_TILING),
     };
-    for (folder, kind, bound) in [("tiny", Kind::Float, 1e-3), ("tiny_bf16", Kind::BFloat16, 2e-2)] {
+    // fp32: cuDNN runs the convolutions in TF32 by default (as PyTorch does: 10 mantissa
+    // bits). bf16: other accumulation orders than the CPU's through a dozen convolutions;
+    // diffusers' own bf16 output is 3.2e-2 from its fp32 one on these weights. Measured on
+    // an H200, 2026-12-02: fp32 1.9e-3, tiled 1.7e-3, bf16 3.9e-2.
+    for (folder, kind, bound) in [("tiny", Kind::Float, 5e-3), ("tiny_bf16", Kind::BFloat16, 5e-2)] {
         let vae = WanVaeDecoder::load(&golden_dir(folder), device, kind).unwrap();
         let golden = if kind == Kind::Float { "output" } else { "output_bf16" };
         let output = vae.decode(&io["latents"].to_device(device)).to_device(Device::Cpu);

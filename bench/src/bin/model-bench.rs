@@ -16,6 +16,10 @@
 //! - `finetune-step`: one full fine-tuning step of the 1.3B student (15 blocks at R2) at
 //!   480p, batch 1: checkpointed forward+backward, gradient clipping, AdamW on fp32 master
 //!   weights.
+//! - `umt5-encode [--batch 8]`: umT5-xxl encoding a batch of prompts at 512 tokens (the
+//!   encode stage's work), beside transformers' UMT5EncoderModel (bench/python/text_video.py).
+//! - `vae-decode [--tiled]`: the Wan2.1 VAE decoding 480p x 81 frames, beside diffusers'
+//!   AutoencoderKLWan.
 
 use surgery_core::cost::{self, FeatureMapShape};
 use surgery_core::rate::Rate;
@@ -395,6 +399,62 @@ fn teacher_train(res: &str) {
     ]);
 }
 
+/// umT5-xxl (Wan2.1's text encoder: 24 layers, d_model 4096, 64 heads, d_ff 10240) with
+/// random bf16 weights encoding a batch of prompts padded to 512 tokens, half of each
+/// prompt real (the mask matters for the position bias and padding).
+fn umt5_encode(batch: i64) {
+    use surgery_worker::text::{Umt5Config, Umt5Encoder};
+    let json = if smoke() {
+        r#"{"model_type": "umt5", "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4, "vocab_size": 512, "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new"}"#
+    } else {
+        r#"{"model_type": "umt5", "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "vocab_size": 256384, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new"}"#
+    };
+    let config = Umt5Config::from_json(json, std::path::Path::new("umt5-xxl")).expect("a valid config");
+    let vocab = config.vocab_size;
+    let encoder = Umt5Encoder::random(config, dev(), Kind::BFloat16, 0);
+    let len = if smoke() { 16 } else { 512 };
+    let ids = Tensor::randint(vocab, [batch, len], (Kind::Int64, dev()));
+    let mask = Tensor::arange(len, (Kind::Int64, dev()))
+        .lt(len / 2)
+        .unsqueeze(0)
+        .expand([batch, len], false)
+        .to_kind(Kind::Int64);
+    let ms = median_ms(3, 10, || {
+        tch::no_grad(|| {
+            let _ = encoder.forward(&ids, &mask);
+        });
+    });
+    emit(&[
+        ("phase", "umt5-encode".into()),
+        ("batch", batch.into()),
+        ("tokens", len.into()),
+        ("ms", ms.into()),
+    ]);
+}
+
+/// The Wan2.1 VAE decoder (random weights, bf16) on one 480p x 81-frame latent
+/// [16, 21, 60, 104], whole frames or in diffusers' default tiles.
+fn vae_decode(tiled: bool) {
+    use surgery_worker::vae::{DecodeOptions, Tiling, VaeConfig, WanVaeDecoder};
+    let config = VaeConfig::from_json("{}").expect("the Wan2.1 defaults");
+    tch::manual_seed(0);
+    let vae = WanVaeDecoder::new(&config, dev(), Kind::BFloat16);
+    let (f, h, w) = if smoke() { (2, 4, 6) } else { (21, 60, 104) };
+    let latents = Tensor::randn([1, config.z_dim, f, h, w], (Kind::BFloat16, dev()));
+    let options = DecodeOptions {
+        tiling: tiled.then(Tiling::default),
+    };
+    let ms = median_ms(1, 3, || {
+        let _ = vae.decode_with(&latents, &options);
+    });
+    emit(&[
+        ("phase", "vae-decode".into()),
+        ("tiled", tiled.into()),
+        ("latent", format!("{}x{f}x{h}x{w}", config.z_dim).into()),
+        ("ms", ms.into()),
+    ]);
+}
+
 fn finetune_step() {
     let (vs, mut model) = teacher();
     let spec = feature_map_spec();
@@ -489,9 +549,11 @@ fn main() {
         Some("teacher-forward") => teacher_forward(res),
         Some("teacher-train") => teacher_train(res),
         Some("finetune-step") => finetune_step(),
+        Some("umt5-encode") => umt5_encode(number("--batch", 8)),
+        Some("vae-decode") => vae_decode(args.iter().any(|a| a == "--tiled")),
         _ => {
             eprintln!(
-                "usage: model-bench [--smoke] attention [--tokens 32760|9360] | attention-parts [--tokens N] | model-forward [--frames 81|21] | teacher-forward [--res R] | teacher-train [--res R] | finetune-step"
+                "usage: model-bench [--smoke] attention [--tokens 32760|9360] | attention-parts [--tokens N] | model-forward [--frames 81|21] | teacher-forward [--res R] | teacher-train [--res R] | finetune-step | umt5-encode [--batch N] | vae-decode [--tiled]"
             );
             std::process::exit(2);
         }

@@ -406,7 +406,34 @@ impl Umt5Encoder {
             return Err(TextError::UnsupportedKind { kind });
         }
         let config = Umt5Config::read(dir)?;
-        let mut tensors = load_tensors(dir, &config, device, kind)?;
+        let tensors = load_tensors(dir, &config, device, kind)?;
+        Ok(Self::from_tensors(config, tensors, device, kind))
+    }
+
+    /// An encoder of `config` with random weights (normal, std 0.02 for matrices, norm
+    /// weights near 1) as `kind` on `device`: for benchmarks, where only the shapes matter.
+    pub fn random(config: Umt5Config, device: Device, kind: Kind, seed: i64) -> Self {
+        tch::manual_seed(seed);
+        let tensors = tch::no_grad(|| {
+            config
+                .tensor_shapes()
+                .into_iter()
+                .map(|(name, shape)| {
+                    let t = if shape.len() == 1 {
+                        Tensor::ones(shape.as_slice(), (Kind::Float, device))
+                    } else {
+                        Tensor::randn(shape.as_slice(), (Kind::Float, device)) * 0.02
+                    };
+                    let kind = param_kind(&name, kind);
+                    (name, t.to_kind(kind))
+                })
+                .collect()
+        });
+        Self::from_tensors(config, tensors, device, kind)
+    }
+
+    /// Assembles the encoder from every tensor [`Umt5Config::tensor_shapes`] names.
+    fn from_tensors(config: Umt5Config, mut tensors: BTreeMap<String, Tensor>, device: Device, kind: Kind) -> Self {
         let mut take = |name: String| tensors.remove(&name).expect("every tensor was checked before loading");
         let norm = |weight: Tensor| T5LayerNorm {
             weight,
@@ -437,14 +464,14 @@ impl Umt5Encoder {
             });
         }
         let final_norm = norm(take("encoder.final_layer_norm.weight".into()));
-        Ok(Umt5Encoder {
+        Umt5Encoder {
             config,
             shared,
             blocks,
             final_norm,
             device,
             kind,
-        })
+        }
     }
 
     pub fn config(&self) -> &Umt5Config {

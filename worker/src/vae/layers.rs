@@ -284,7 +284,17 @@ impl AttentionBlock {
         let [q, k, v] = &qkv.chunk(3, -1)[..] else {
             unreachable!("chunk(3) of 3C channels")
         };
-        let attended = Tensor::scaled_dot_product_attention(q, k, v, None::<&Tensor>, 0.0, false, None, false);
+        // Fresh copies with canonical strides: chunks of the last dim keep the 3C row
+        // stride and an offset, and `contiguous` keeps odd strides on size-1 dims, which
+        // CUDA's memory-efficient kernel refused for small tiles on an H200 ("query is not
+        // correctly aligned"). The mid block runs at the lowest resolution: cheap.
+        let fresh = |t: &Tensor| {
+            let mut out = Tensor::empty(t.size(), (t.kind(), t.device()));
+            out.copy_(t);
+            out
+        };
+        let (q, k, v) = (fresh(q), fresh(k), fresh(v));
+        let attended = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, false, None, false);
         // [B*T, 1, H*W, C] -> [B*T, C, H, W]
         let attended = attended.squeeze_dim(1).permute([0, 2, 1]).reshape([b * t, c, h, w]);
         let out = self.proj.forward(&attended);
