@@ -27,6 +27,8 @@ COPY --from=build /out/surgery-worker /usr/local/bin/
 # The worker dlopens libtorch_cuda.so at start (GPU.md) and finds LibTorch's libnccl.so.2
 # next to it; both come from the wheel.
 ENV LD_LIBRARY_PATH=/usr/local/lib/python3.12/dist-packages/torch/lib \
+    SURGERY_METRICS_ADDR=0.0.0.0:9102 \
     NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 USER 10001:10001
+EXPOSE 9102
 ENTRYPOINT ["surgery-worker", "run", "--device", "cuda", "--cache-dir", "/var/cache/surgery"]

@@ -547,6 +547,8 @@ impl WorkerProcess {
                 "5s",
                 "--lease-wait",
                 "2s",
+                "--metrics-addr",
+                "127.0.0.1:0",
             ])
             .env_remove("SURGERY_TOKEN")
             .env("RUST_LOG", "info")

@@ -23,6 +23,7 @@
 //! - [`sampler`]: flow-matching sampling with classifier-free guidance and capture hooks.
 //! - [`storage`]: object storage (local, S3, GCS, Azure) and verified background checkpoints.
 //! - [`collective`]: gradient all-reduce inside a gang: NCCL on GPUs, a TCP ring on CPUs, with a watchdog.
+//! - [`metrics`]: the worker's Prometheus metrics (the agent serves them with /healthz).
 //! - [`runtime`]: LibTorch set-up every binary of this crate runs first, and device timing.
 //! - [`testbed`]: procedurally generated videos with known ground truth, their prompt code book,
 //!   the exact latent codec and the ground-truth quality metrics.
@@ -35,6 +36,7 @@ pub mod attention;
 pub mod cli;
 pub mod collective;
 pub mod kernels;
+pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod sampler;

@@ -13,6 +13,7 @@
 
 pub mod assignment;
 pub mod client;
+pub mod http;
 pub mod rendezvous;
 pub mod slots;
 
@@ -48,6 +49,8 @@ pub struct AgentConfig {
     pub collective_timeout: Duration,
     /// How long a LeaseTask long poll may wait.
     pub lease_wait: Duration,
+    /// Where to serve /metrics and /healthz (`None`: not served).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// How long reports and registrations keep trying while the coordinator is away.
@@ -298,6 +301,7 @@ impl Agent {
             .lock()
             .expect("running lock")
             .insert(assignment.task_id.clone(), handle.clone());
+        crate::metrics::task_started();
         if self.stopping.load(Ordering::SeqCst) {
             handle.request_stop(StopReason::Preempted);
         }
@@ -324,6 +328,13 @@ impl Agent {
         // One last heartbeat carries the final progress and log lines.
         self.heartbeat_once().await;
         self.running.lock().expect("running lock").remove(&assignment.task_id);
+        let ended = match &outcome {
+            Ok(_) => "succeeded",
+            Err(TaskError::Stopped(StopReason::Preempted)) => "preempted",
+            Err(TaskError::Stopped(_)) => "stopped",
+            Err(_) => "failed",
+        };
+        crate::metrics::task_finished(&assignment.task_id, ended);
         self.report(&assignment, outcome).await;
     }
 }
@@ -343,6 +354,10 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         shutdown: tokio::sync::Notify::new(),
         config,
     });
+    if let Some(addr) = agent.config.metrics_addr {
+        let registered = agent.clone();
+        http::serve(addr, move || !registered.worker_id().is_empty()).await?;
+    }
     agent.register().await?;
     let heartbeat = tokio::spawn(agent.clone().heartbeat_loop());
     let slots: Vec<_> = (0..agent.config.slots.len() as u32)

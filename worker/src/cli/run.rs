@@ -34,6 +34,11 @@ pub struct RunArgs {
     /// Longest LeaseTask long poll.
     #[arg(long, default_value = "10s")]
     pub lease_wait: humantime::Duration,
+    /// Serve /metrics (Prometheus) and /healthz at host:port (the worker image sets
+    /// 0.0.0.0:9102); `off` serves nothing, the default, so several workers can share a
+    /// host. Port 0 picks a free port (the log says which).
+    #[arg(long, env = "SURGERY_METRICS_ADDR", default_value = "off")]
+    pub metrics_addr: String,
 }
 
 fn hostname() -> String {
@@ -64,6 +69,13 @@ pub fn run(args: RunArgs) -> Result<()> {
             .unwrap_or_else(|| std::env::temp_dir().join("surgery-cache")),
         collective_timeout: Duration::from(args.collective_timeout),
         lease_wait: Duration::from(args.lease_wait),
+        metrics_addr: match args.metrics_addr.as_str() {
+            "off" => None,
+            addr => Some(
+                addr.parse()
+                    .map_err(|e| anyhow::anyhow!("--metrics-addr `{addr}` is not host:port or `off`: {e}"))?,
+            ),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -240,7 +240,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         if world > 1 {
             let mut to_reduce = trainer.grads();
             to_reduce.push(loss_t.shallow_clone());
+            let started = std::time::Instant::now();
             collective.all_reduce_sum(&to_reduce).map_err(collective_error)?;
+            crate::metrics::collective(started.elapsed());
         }
         Ok(loss_t.double_value(&[0]))
     })?;

@@ -153,6 +153,12 @@ impl TaskHandle {
             metrics.insert("steps_per_s".into(), rate);
             metrics.insert("eta_s".into(), total.saturating_sub(step) as f64 / rate);
         }
+        crate::metrics::task_progress(
+            &self.task_id,
+            step,
+            metrics.get("steps_per_s").copied(),
+            metrics.get("loss").copied(),
+        );
         *self.progress.lock().expect("progress lock") = Progress {
             step,
             total_steps: total,

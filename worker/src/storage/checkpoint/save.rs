@@ -35,6 +35,7 @@ impl SaveJob {
             source: Arc::new(e),
         };
         let step_dir = layout::checkpoint_dir(&self.dir, step);
+        let started = std::time::Instant::now();
         // Re-saving a step (after resuming past a bad one): hide the old one first, so its
         // manifest never describes a mix of old and new files.
         self.storage
@@ -84,6 +85,8 @@ impl SaveJob {
             .map_err(failed)?;
         *lock(&self.durable) = Some(step);
         tracing::info!(step, url = %url, "checkpoint saved");
+        let bytes = manifest.files.iter().map(|f| f.size).sum();
+        crate::metrics::checkpoint_saved(bytes, started.elapsed());
 
         // Retention failing costs storage, not correctness: log it, the next save retries.
         if let Err(e) = self.collect_garbage().await {
