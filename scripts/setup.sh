@@ -16,3 +16,13 @@ if [ "$(printf '%s\n1.95.0\n' "$rust_version" | sort -V | head -n1)" != "1.95.0"
 fi
 libtorch="$("$root_dir/scripts/setup-libtorch.sh")"
 echo "setup: LibTorch 2.11.0 at $libtorch" >&2
+
+# A real S3-compatible server for the S3 tests (tests/tests/s3_*.rs): s3s-fs from
+# crates.io, built once into .tools/ (about three minutes on two cores).
+s3s_version=0.14.1
+s3s_bin="$root_dir/.tools/bin/s3s-fs"
+if [ ! -x "$s3s_bin" ] || [ "$("$s3s_bin" --version 2>/dev/null | awk '{print $2}')" != "$s3s_version" ]; then
+    echo "setup: building s3s-fs $s3s_version (the S3 server the tests run) into .tools/" >&2
+    cargo install --quiet --locked s3s-fs --version "$s3s_version" --features binary --root "$root_dir/.tools" >&2
+fi
+echo "setup: s3s-fs $s3s_version at $s3s_bin" >&2

@@ -17,6 +17,10 @@ pub enum StorageError {
     )]
     UnsupportedUrl { url: String, reason: String },
 
+    /// `SURGERY_STORE_FAULTS` (tests only) does not parse.
+    #[error("{0}")]
+    BadFaultPlan(String),
+
     /// A local store's root folder could not be created.
     #[error(
         "cannot create the local storage folder {} for `{url}`: {source}; check that the path is \

@@ -9,6 +9,7 @@
 //! whole folders to and from the local disk.
 
 mod error;
+pub mod faults;
 mod folders;
 #[cfg(test)]
 mod tests;
@@ -110,6 +111,26 @@ impl Storage {
     /// was reported durable survives a power loss. Cloud clients are built here without
     /// touching the network; credentials are first used by the first request.
     pub fn from_url(url: &str) -> Result<Storage, StorageError> {
+        Self::open(url)?.with_env_faults()
+    }
+
+    /// Wraps the store in [`faults::FaultyStore`] when `SURGERY_STORE_FAULTS` asks for it
+    /// (tests only); a local store then stops offering its folder, so every read goes
+    /// through the faults too.
+    fn with_env_faults(self) -> Result<Storage, StorageError> {
+        let Ok(text) = std::env::var(faults::FAULTS_ENV) else {
+            return Ok(self);
+        };
+        let plan = faults::FaultPlan::parse(&text).map_err(StorageError::BadFaultPlan)?;
+        let faulty = faults::FaultyStore::new(self.store.clone(), plan);
+        Ok(Storage {
+            store: Arc::new(faulty),
+            local_dir: None,
+            ..self
+        })
+    }
+
+    fn open(url: &str) -> Result<Storage, StorageError> {
         let unsupported = |reason: &str| StorageError::UnsupportedUrl {
             url: url.to_string(),
             reason: reason.to_string(),

@@ -163,11 +163,16 @@ impl Coordinator {
             listen.to_string(),
             "--data-dir".into(),
             data_dir.display().to_string(),
-            "--object-store-url".into(),
-            format!("file://{}", object_root(data_dir).display()),
             "--log-format".into(),
             "json".into(),
         ];
+        // A local object store under the data folder unless the test names one.
+        if !extra.contains(&"--object-store-url") {
+            args.extend([
+                "--object-store-url".into(),
+                format!("file://{}", object_root(data_dir).display()),
+            ]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(binary)
             .args(&args)
@@ -530,6 +535,17 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn start(binary: &Path, coordinator: &Coordinator, name: &str, dir: &Path) -> anyhow::Result<WorkerProcess> {
+        Self::start_with_env(binary, coordinator, name, dir, &[])
+    }
+
+    /// [`WorkerProcess::start`] with extra environment variables.
+    pub fn start_with_env(
+        binary: &Path,
+        coordinator: &Coordinator,
+        name: &str,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<WorkerProcess> {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
         let child = Command::new(binary)
@@ -551,6 +567,7 @@ impl WorkerProcess {
                 "127.0.0.1:0",
             ])
             .env_remove("SURGERY_TOKEN")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -650,4 +667,107 @@ impl WorkerProcess {
 /// Where a coordinator started with `data_dir` keeps its object store.
 fn object_root(data_dir: &Path) -> PathBuf {
     data_dir.join("objects")
+}
+
+/// A real S3-compatible server, s3s-fs (crates.io; scripts/setup.sh installs it into
+/// `.tools/bin`, or `S3S_FS_BIN` names one), serving a local folder with one bucket,
+/// [`S3Server::BUCKET`], and fixed credentials. It can be SIGKILLed and restarted on the
+/// same port and folder, as a store that goes away mid-job.
+pub struct S3Server {
+    child: Option<Child>,
+    pub root: PathBuf,
+    pub port: u16,
+}
+
+impl S3Server {
+    pub const BUCKET: &'static str = "surgery";
+    pub const ACCESS_KEY: &'static str = "surgery-access";
+    pub const SECRET_KEY: &'static str = "surgery-secret-key";
+
+    /// The s3s-fs binary; a missing one fails the test with how to get it.
+    pub fn binary() -> PathBuf {
+        let path = std::env::var_os("S3S_FS_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/s3s-fs"));
+        assert!(
+            path.is_file(),
+            "{} is missing: run scripts/setup.sh (make test does), which installs s3s-fs from crates.io",
+            path.display()
+        );
+        path
+    }
+
+    /// Starts the server on a free port over `root` (created, with the bucket's folder).
+    pub fn start(root: &Path) -> anyhow::Result<S3Server> {
+        std::fs::create_dir_all(root.join(Self::BUCKET))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut server = S3Server {
+            child: None,
+            root: root.to_path_buf(),
+            port,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.root.with_extension("log"))?;
+        let child = Command::new(Self::binary())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
+            .arg(&self.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting s3s-fs")?;
+        self.child = Some(child);
+        let deadline = Deadline::patient("s3s-fs to accept connections");
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            deadline.check(|| format!("port {} closed", self.port))?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: in-flight requests fail, nothing is flushed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and folder.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// `s3://surgery/{prefix}`.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", Self::BUCKET)
+    }
+
+    /// The standard AWS environment that points object_store's S3 client at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY.to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+    }
+
+    /// The folder an object of the bucket lives at.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.root.join(Self::BUCKET).join(key)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
