@@ -526,6 +526,15 @@ pub async fn get_job(jobs: &mut JobServiceClient<Channel>, job_id: &str) -> anyh
         .into_inner())
 }
 
+/// The coordinator's log and each worker's, for a failing assertion to show.
+pub fn cluster_logs(coordinator: &Coordinator, workers: &[WorkerProcess]) -> String {
+    let mut all = coordinator.log.lock().unwrap().join("\n");
+    for w in workers {
+        all.push_str(&format!("\n--- {} ---\n{}", w.name, w.log_text()));
+    }
+    all
+}
+
 /// A worker (`surgery-worker run`) as a child process, logging to a file.
 pub struct WorkerProcess {
     child: Child,

@@ -35,13 +35,7 @@ async fn the_tiny_recipe_runs_on_s3_through_a_server_restart() {
     let workers: Vec<WorkerProcess> = (0..2)
         .map(|i| WorkerProcess::start(worker_bin(), &coordinator, &format!("w{i}"), dir.path()).unwrap())
         .collect();
-    let logs = || {
-        let mut all = coordinator.log.lock().unwrap().join("\n");
-        for w in &workers {
-            all.push_str(&format!("\n--- {} ---\n{}", w.name, w.log_text()));
-        }
-        all
-    };
+    let logs = || cluster_logs(&coordinator, &workers);
     // Tasks that start while the store is away fail fast and are retried: allow plenty.
     let yaml = tiny_job(
         worker_bin(),

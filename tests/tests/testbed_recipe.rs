@@ -126,13 +126,7 @@ async fn distilled_phi_beats_untrained_phi_on_the_testbed_metrics() {
     let workers: Vec<WorkerProcess> = (0..2)
         .map(|i| WorkerProcess::start(worker_bin(), &coordinator, &format!("w{i}"), dir.path()).unwrap())
         .collect();
-    let logs = || {
-        let mut all = coordinator.log.lock().unwrap().join("\n");
-        for w in &workers {
-            all.push_str(&format!("\n--- {} ---\n{}", w.name, w.log_text()));
-        }
-        all
-    };
+    let logs = || cluster_logs(&coordinator, &workers);
     let mut jobs = coordinator.jobs().await.unwrap();
     let mut ids = Vec::new();
     for (name, steps) in [("untrained-phi", 0), ("distilled-phi", 200)] {

@@ -119,13 +119,7 @@ async fn text_prompts_are_encoded_sampled_and_previewed() {
     let workers: Vec<WorkerProcess> = (0..2)
         .map(|i| WorkerProcess::start(worker_bin(), &coordinator, &format!("w{i}"), dir.path()).unwrap())
         .collect();
-    let logs = || {
-        let mut all = coordinator.log.lock().unwrap().join("\n");
-        for w in &workers {
-            all.push_str(&format!("\n--- {} ---\n{}", w.name, w.log_text()));
-        }
-        all
-    };
+    let logs = || cluster_logs(&coordinator, &workers);
     let mut jobs = coordinator.jobs().await.unwrap();
     let job_id = submit(&mut jobs, "text", &yaml).await.unwrap().job.unwrap().id;
     let view = wait_for_job(&mut jobs, &job_id, LIMIT).await.unwrap();

@@ -274,6 +274,35 @@ pub fn load_into_with(vs: &VarStore, dir: &Path, kind: Kind, rules: &LoadRules) 
     Ok(())
 }
 
+/// The shard files of a sharded checkpoint's index (`*.safetensors.index.json`, its text)
+/// in `dir`, or why the index is unusable: shared by every loader of sharded folders
+/// (diffusers' and transformers' write the same index).
+pub fn index_shards(dir: &Path, text: &str) -> Result<Vec<PathBuf>, String> {
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| "no weight_map object".to_string())?;
+    let mut shards = BTreeSet::new();
+    for (name, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| format!("weight_map[{name:?}] is not a file name"))?;
+        if file.contains('/') || file.contains('\\') || file.contains("..") {
+            return Err(format!("shard name {file:?} is not a plain file name"));
+        }
+        shards.insert(file.to_string());
+    }
+    if shards.is_empty() {
+        return Err("weight_map is empty".into());
+    }
+    let files: Vec<PathBuf> = shards.iter().map(|f| dir.join(f)).collect();
+    if let Some(absent) = files.iter().find(|f| !f.is_file()) {
+        return Err(format!("lists {}, which does not exist", absent.display()));
+    }
+    Ok(files)
+}
+
 /// The weight files of a folder: the index's shards, else the single file.
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, WeightsError> {
     if !dir.join(CONFIG_FILE).is_file() {
@@ -286,29 +315,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, WeightsError> {
             path: index.clone(),
             reason,
         };
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| bad("no weight_map object".into()))?;
-        let mut shards = BTreeSet::new();
-        for (name, file) in map {
-            let file = file
-                .as_str()
-                .ok_or_else(|| bad(format!("weight_map[{name:?}] is not a file name")))?;
-            if file.contains('/') || file.contains('\\') || file.contains("..") {
-                return Err(bad(format!("shard name {file:?} is not a plain file name")));
-            }
-            shards.insert(file.to_string());
-        }
-        if shards.is_empty() {
-            return Err(bad("weight_map is empty".into()));
-        }
-        let files: Vec<PathBuf> = shards.iter().map(|f| dir.join(f)).collect();
-        if let Some(absent) = files.iter().find(|f| !f.is_file()) {
-            return Err(bad(format!("lists {}, which does not exist", absent.display())));
-        }
-        return Ok(files);
+        return index_shards(dir, &text).map_err(bad);
     }
     let single = dir.join(WEIGHTS_FILE);
     if single.is_file() {

@@ -528,29 +528,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, TextError> {
             path: index.clone(),
             reason,
         };
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| bad("no weight_map object".into()))?;
-        let mut shards = std::collections::BTreeSet::new();
-        for (name, file) in map {
-            let file = file
-                .as_str()
-                .ok_or_else(|| bad(format!("weight_map[{name:?}] is not a file name")))?;
-            if file.contains('/') || file.contains('\\') || file.contains("..") {
-                return Err(bad(format!("shard name {file:?} is not a plain file name")));
-            }
-            shards.insert(file.to_string());
-        }
-        if shards.is_empty() {
-            return Err(bad("weight_map is empty".into()));
-        }
-        let files: Vec<PathBuf> = shards.iter().map(|f| dir.join(f)).collect();
-        if let Some(absent) = files.iter().find(|f| !f.is_file()) {
-            return Err(bad(format!("lists {}, which does not exist", absent.display())));
-        }
-        return Ok(files);
+        return crate::model::weights::index_shards(dir, &text).map_err(bad);
     }
     let single = dir.join(WEIGHTS_FILE);
     if single.is_file() {
