@@ -596,6 +596,10 @@ impl WorkerProcess {
         let _ = self.child.wait();
     }
 
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -603,3 +603,103 @@ async fn sigterm_checkpoints_and_releases_the_lease_as_a_preemption() {
         cluster.logs()
     );
 }
+
+/// Issue "eight GPUs", item 2, on the CPU ring: a fine-tuning gang of 8 worker processes
+/// loses one member to SIGKILL, and then its replacement's collective hangs (a test hook:
+/// it stops inside the all-reduce while it keeps heartbeating). Each time the whole gang
+/// restarts from the newest checkpoint (the hang ended by the peers' collective watchdog,
+/// not by a lease), and the resumed fine-tuning loss curve equals an undisturbed gang's,
+/// bit for bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_of_eight_restarts_whole_after_a_kill_and_a_hang() {
+    let eight = [
+        ("  finetune_workers: 2", "  finetune_workers: 8"),
+        ("    global_batch: 4", "    global_batch: 8"),
+        ("    steps: 20\n", "    steps: 40\n"),
+        ("every_steps: 10", "every_steps: 5"),
+        ("  max_retries: 3", "  max_retries: 20"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 8);
+    let calm_yaml = tiny_job(worker_bin(), dir.path(), "calm8", &eight).unwrap();
+    let (calm, calm_view) = run_job(&cluster, &calm_yaml).await;
+    assert_succeeded(&calm_view, &cluster);
+    let finetune = calm_view.tasks.iter().find(|t| t.id == "finetune").unwrap();
+    assert_eq!(finetune.result_metrics["workers"], 8.0, "the gang had eight members");
+
+    let yaml = tiny_job(worker_bin(), dir.path(), "storm8", &eight).unwrap();
+    let mut jobs = cluster.coordinator.jobs().await.unwrap();
+    let job = submit(&mut jobs, "storm8", &yaml).await.unwrap().job.unwrap().id;
+    let job_dir = cluster.job_dir(&job);
+
+    // The gang member of rank `rank` once the fine-tuning of attempt `attempt` has a
+    // checkpoint newer than `after`.
+    async fn member_once_checkpointed(
+        jobs: &mut surgery_proto::v1::job_service_client::JobServiceClient<tonic::transport::Channel>,
+        job: &str,
+        job_dir: &Path,
+        attempt: u32,
+        after: Option<u64>,
+        rank: usize,
+    ) -> String {
+        let deadline = Deadline::patient(format!("fine-tuning attempt {attempt} with a new checkpoint"));
+        loop {
+            let view = get_job(jobs, job).await.unwrap();
+            if let Some(t) = view
+                .tasks
+                .iter()
+                .find(|t| t.id == "finetune" && t.state() == pb::TaskState::Running && t.attempt == attempt)
+                && let Some(step) = newest_checkpoint(job_dir, layout::FINETUNE_DIR)
+                && after.is_none_or(|a| step > a)
+                && t.holders.len() == 8
+            {
+                return t.holders[rank].worker_id.clone();
+            }
+            deadline.check_job(&view).unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // 1. SIGKILL rank 3 mid-run; a replacement pod comes up.
+    let member = member_once_checkpointed(&mut jobs, &job, &job_dir, 1, None, 3).await;
+    let victim = cluster
+        .workers
+        .iter_mut()
+        .find(|w| member.starts_with(&format!("{}-", w.name)))
+        .unwrap();
+    victim.kill();
+
+    // 2. The replacement pod hangs, once, inside the all-reduce of step 30 while its agent
+    //    keeps heartbeating (a test hook): only the peers' collective watchdog can end that
+    //    attempt, and the gang restarts whole again.
+    cluster.workers.push(
+        WorkerProcess::start_with_env(
+            worker_bin(),
+            &cluster.coordinator,
+            "w8",
+            dir.path(),
+            &[("SURGERY_FAULT_HANG_COLLECTIVE", "30")],
+        )
+        .unwrap(),
+    );
+
+    let view = wait_for_job(&mut jobs, &job, LIMIT).await.unwrap();
+    assert_succeeded(&view, &cluster);
+    let finetune = view.tasks.iter().find(|t| t.id == "finetune").unwrap();
+    assert!(
+        finetune.attempt >= 3,
+        "two restarts of the gang: {}",
+        describe_job(&view)
+    );
+    // The hang was ended by the peers' watchdog, which names the collective.
+    assert!(
+        cluster.logs().contains("collective timed out"),
+        "no member reported the stalled collective:\n{}",
+        cluster.logs()
+    );
+    assert_eq!(
+        read(&cluster.job_dir(&calm).join(layout::FINETUNE_LOSS_CURVE)),
+        read(&job_dir.join(layout::FINETUNE_LOSS_CURVE)),
+        "the resumed fine-tuning loss curve differs from the undisturbed one"
+    );
+}

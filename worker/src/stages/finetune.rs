@@ -38,6 +38,28 @@ const SEED_ORDER: u64 = 0xF1_0001;
 const SEED_NOISE: u64 = 0xF1_0002;
 const SEED_SIGMA: u64 = 0xF1_0003;
 
+/// The environment variable of the test hook below.
+pub const HANG_ENV: &str = "SURGERY_FAULT_HANG_COLLECTIVE";
+
+/// A test hook for the gang's watchdog (never set in production):
+/// `SURGERY_FAULT_HANG_COLLECTIVE=<step>` makes this worker process stop, once, on entering
+/// the gradient all-reduce of that fine-tuning step, while its agent goes on heartbeating,
+/// so only the peers' collective watchdog can end the attempt. It returns when the task
+/// is told to stop.
+fn hang_once_for_test(ctx: &TaskContext, step: u64) -> Result<(), TaskError> {
+    static HUNG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let at: Option<u64> = std::env::var(HANG_ENV).ok().and_then(|v| v.parse().ok());
+    if at != Some(step) || HUNG.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
+    ctx.handle
+        .log("warn", format!("{HANG_ENV}: hanging in the all-reduce of step {step}"));
+    loop {
+        ctx.handle.check()?;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The fine-tuning data: latents [C, F, H, W] (f32, CPU) with their prompt embeddings.
 pub struct Dataset {
     latents: Vec<Tensor>,
@@ -238,6 +260,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
             .to_device(ctx.device)
             .to_kind(Kind::Float);
         if world > 1 {
+            hang_once_for_test(ctx, step)?;
             let mut to_reduce = trainer.grads();
             to_reduce.push(loss_t.shallow_clone());
             let started = std::time::Instant::now();
