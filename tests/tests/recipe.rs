@@ -632,36 +632,22 @@ async fn a_gang_of_eight_restarts_whole_after_a_kill_and_a_hang() {
     let job = submit(&mut jobs, "storm8", &yaml).await.unwrap().job.unwrap().id;
     let job_dir = cluster.job_dir(&job);
 
-    // The gang member of rank `rank` once the fine-tuning of attempt `attempt` has a
-    // checkpoint newer than `after`.
-    async fn member_once_checkpointed(
-        jobs: &mut surgery_proto::v1::job_service_client::JobServiceClient<tonic::transport::Channel>,
-        job: &str,
-        job_dir: &Path,
-        attempt: u32,
-        after: Option<u64>,
-        rank: usize,
-    ) -> String {
-        let deadline = Deadline::patient(format!("fine-tuning attempt {attempt} with a new checkpoint"));
-        loop {
-            let view = get_job(jobs, job).await.unwrap();
-            if let Some(t) = view
-                .tasks
-                .iter()
-                .find(|t| t.id == "finetune" && t.state() == pb::TaskState::Running && t.attempt == attempt)
-                && let Some(step) = newest_checkpoint(job_dir, layout::FINETUNE_DIR)
-                && after.is_none_or(|a| step > a)
-                && t.holders.len() == 8
-            {
-                return t.holders[rank].worker_id.clone();
-            }
-            deadline.check_job(&view).unwrap();
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // 1. SIGKILL rank 3 once the gang has a checkpoint.
+    let deadline = Deadline::patient("the gang of eight fine-tuning with a checkpoint");
+    let member = loop {
+        let view = get_job(&mut jobs, &job).await.unwrap();
+        if let Some(t) = view
+            .tasks
+            .iter()
+            .find(|t| t.id == "finetune" && t.state() == pb::TaskState::Running)
+            && newest_checkpoint(&job_dir, layout::FINETUNE_DIR).is_some()
+            && t.holders.len() == 8
+        {
+            break t.holders[3].worker_id.clone();
         }
-    }
-
-    // 1. SIGKILL rank 3 mid-run; a replacement pod comes up.
-    let member = member_once_checkpointed(&mut jobs, &job, &job_dir, 1, None, 3).await;
+        deadline.check_job(&view).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let victim = cluster
         .workers
         .iter_mut()
