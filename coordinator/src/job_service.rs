@@ -7,7 +7,7 @@ use crate::command::{Command, Outcome, Reject};
 use crate::convert;
 use crate::engine::{Engine, short_id};
 use crate::model::{JobState, TaskRecord};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -321,19 +321,24 @@ impl pb::job_service_server::JobService for JobApi {
                 }
                 Some(true) => {}
             }
-            let bytes = artifacts::read(&self.engine.config.object_store_url, &req.job_id, &req.path)
+            let (size, chunks) = artifacts::read(&self.engine.config.object_store_url, &req.job_id, &req.path)
                 .await
                 .map_err(ServiceError::into_status)?;
-            let size = bytes.len() as u64;
-            let chunks: Vec<Result<pb::ArtifactChunk, Status>> = if bytes.is_empty() {
+            let messages = chunks.map(move |chunk| {
+                chunk
+                    .map(|data| pb::ArtifactChunk {
+                        data: data.to_vec(),
+                        size,
+                    })
+                    .map_err(ServiceError::into_status)
+            });
+            // An empty artifact is still one message, so the client learns its size.
+            let chunks: Vec<Result<pb::ArtifactChunk, Status>> = if size == 0 {
                 vec![Ok(pb::ArtifactChunk { data: Vec::new(), size })]
             } else {
-                bytes
-                    .chunks(artifacts::CHUNK)
-                    .map(|c| Ok(pb::ArtifactChunk { data: c.to_vec(), size }))
-                    .collect()
+                Vec::new()
             };
-            let stream: Self::GetArtifactStream = Box::pin(tokio_stream::iter(chunks));
+            let stream: Self::GetArtifactStream = Box::pin(tokio_stream::iter(chunks).chain(messages));
             Ok(Response::new(stream))
         })
         .await

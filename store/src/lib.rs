@@ -357,6 +357,28 @@ impl Storage {
         result.bytes().await.map_err(self.store_err("read", path))
     }
 
+    /// The object at `path` as its size and a stream of its bytes, for objects too large
+    /// to hold in memory at once (an artifact served to a user).
+    pub async fn get_stream(
+        &self,
+        path: &str,
+    ) -> Result<(u64, futures::stream::BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
+        let location = self.location(path)?;
+        let result = self.store.get(&location).await.map_err(self.store_err("get", path))?;
+        let size = result.meta.size;
+        let (url, rel) = (self.url(), trim_slashes(path).to_string());
+        let stream = result
+            .into_stream()
+            .map_err(move |e| StorageError::Store {
+                op: "read",
+                url: url.clone(),
+                path: rel.clone(),
+                source: Arc::new(e),
+            })
+            .boxed();
+        Ok((size, stream))
+    }
+
     /// Reads the object at `path`; `None` when it does not exist.
     pub async fn get_opt(&self, path: &str) -> Result<Option<Bytes>, StorageError> {
         match self.get(path).await {
