@@ -198,18 +198,11 @@ pub fn load_into_with(vs: &VarStore, dir: &Path, kind: Kind, rules: &LoadRules) 
     }
 
     // Where each checkpoint tensor lives.
-    let mut location: BTreeMap<&str, (usize, &TensorInfo)> = BTreeMap::new();
-    for (file, header) in headers.iter().enumerate() {
-        for (name, info) in header {
-            if let Some((other, _)) = location.insert(name, (file, info)) {
-                return Err(WeightsError::Duplicate {
-                    name: name.clone(),
-                    first: files[other].clone(),
-                    second: files[file].clone(),
-                });
-            }
-        }
-    }
+    let location = locate(&headers).map_err(|(name, first, second)| WeightsError::Duplicate {
+        name,
+        first: files[first].clone(),
+        second: files[second].clone(),
+    })?;
 
     let mut variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let missing: Vec<&String> = variables
@@ -335,6 +328,23 @@ fn corrupt(path: &Path, reason: impl std::fmt::Display) -> WeightsError {
 /// A safetensors file's header (name -> dtype, shape, offsets) without its data, checked
 /// against the file's size so a truncated file is caught before loading. Also used by the
 /// text encoder's loader ([`crate::text::umt5`]).
+/// Where each tensor of a checkpoint's files lives (name -> file index and its entry), from
+/// the files' headers; a name stored in two files is `(name, first file, second file)`.
+#[allow(clippy::type_complexity)]
+pub fn locate(
+    headers: &[BTreeMap<String, TensorInfo>],
+) -> Result<BTreeMap<&str, (usize, &TensorInfo)>, (String, usize, usize)> {
+    let mut location = BTreeMap::new();
+    for (file, header) in headers.iter().enumerate() {
+        for (name, info) in header {
+            if let Some((other, _)) = location.insert(name.as_str(), (file, info)) {
+                return Err((name.clone(), other, file));
+            }
+        }
+    }
+    Ok(location)
+}
+
 pub fn read_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, WeightsError> {
     let mut file = File::open(path).map_err(io_error(path))?;
     let file_len = file.metadata().map_err(io_error(path))?.len();

@@ -27,7 +27,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use safetensors::SafeTensors;
-use safetensors::tensor::TensorInfo;
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
@@ -560,18 +559,11 @@ fn load_tensors(
     for path in &files {
         headers.push(read_header(path)?);
     }
-    let mut location: BTreeMap<&str, (usize, &TensorInfo)> = BTreeMap::new();
-    for (file, header) in headers.iter().enumerate() {
-        for (name, info) in header {
-            if let Some((other, _)) = location.insert(name, (file, info)) {
-                return Err(TextError::Duplicate {
-                    name: name.clone(),
-                    first: files[other].clone(),
-                    second: files[file].clone(),
-                });
-            }
-        }
-    }
+    let location = crate::model::weights::locate(&headers).map_err(|(name, first, second)| TextError::Duplicate {
+        name,
+        first: files[first].clone(),
+        second: files[second].clone(),
+    })?;
 
     let expected: BTreeMap<String, Vec<i64>> = config.tensor_shapes().into_iter().collect();
     // Which checkpoint tensor fills each expected one: the embedding may be stored only
