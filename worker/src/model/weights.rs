@@ -525,6 +525,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tensor_in_two_shards_is_named_with_both() {
+        let info = || TensorInfo {
+            dtype: safetensors::Dtype::F32,
+            shape: vec![2],
+            data_offsets: (0, 8),
+        };
+        let shard = |names: &[&str]| -> BTreeMap<String, TensorInfo> {
+            names.iter().map(|n| (n.to_string(), info())).collect()
+        };
+        let headers = [shard(&["a", "b"]), shard(&["c"])];
+        let found = locate(&headers).unwrap();
+        assert_eq!(found["c"].0, 1);
+        assert_eq!(found.len(), 3);
+        let headers = [shard(&["a"]), shard(&["c"]), shard(&["a"])];
+        assert_eq!(locate(&headers).unwrap_err(), ("a".to_string(), 0, 2));
+    }
+
+    #[test]
     fn fp32_modules_match_by_component() {
         assert!(keeps_fp32("blocks.3.norm2.weight"));
         assert!(keeps_fp32("blocks.0.scale_shift_table"));
