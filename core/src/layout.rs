@@ -102,9 +102,58 @@ pub fn in_dir(dir: &str, file: &str) -> String {
     format!("{dir}/{file}")
 }
 
+/// The task (by its name, [`crate::ids`]) whose output `path` is: `encode/shard-{s}...`
+/// is encode shard s's, `cache/block-{b}/shard-{s}...` and `latents/shard-{s}...` capture
+/// shard s's, `distill/block-{b}/rate-{r}/...` that distill task's; `None` for every
+/// other path. A forked job reads a reused task's outputs where its parent wrote them,
+/// and this says which reads those are.
+pub fn producer(path: &str) -> Option<String> {
+    let shard_of = |file: &str| -> Option<u32> {
+        let digits = file.strip_prefix("shard-")?.split('.').next()?;
+        digits.parse().ok()
+    };
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["encode", file] => shard_of(file).map(crate::ids::encode_task),
+        ["cache", block, file] if block.starts_with("block-") => shard_of(file).map(crate::ids::capture_task),
+        ["latents", file] => shard_of(file).map(crate::ids::capture_task),
+        ["distill", block, rate, ..] if block.starts_with("block-") && rate.starts_with("rate-") => {
+            Some(format!("distill/{block}/{rate}"))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids;
+
+    #[test]
+    fn every_stage_output_names_the_task_that_wrote_it() {
+        assert_eq!(producer(&encode_shard(3)), Some(ids::encode_task(3)));
+        assert_eq!(producer(&cache_shard(7, 12)), Some(ids::capture_task(12)));
+        assert_eq!(producer(&latents_shard(12)), Some(ids::capture_task(12)));
+        for rate in [Rate::Hybrid(4), Rate::Linear] {
+            let task = Some(ids::distill_task(5, rate));
+            assert_eq!(producer(&distill_phi(5, rate)), task);
+            assert_eq!(producer(&distill_result(5, rate)), task);
+            assert_eq!(producer(&checkpoint_dir(&distill_dir(5, rate), 40)), task);
+            assert_eq!(producer(&distill_dir(5, rate)), task);
+        }
+        for path in [
+            SPEC,
+            FINETUNE_FINAL,
+            FINETUNE_LOSS_CURVE,
+            EXPORT_REPORT,
+            EVALUATE_REPORT,
+            &evaluate_preview(1, "gif"),
+            "cache/readme.txt",
+            "encode",
+        ] {
+            assert_eq!(producer(path), None, "{path}");
+        }
+    }
 
     #[test]
     fn paths_follow_the_design() {
