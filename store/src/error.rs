@@ -55,6 +55,16 @@ pub enum StorageError {
         source: Arc<object_store::path::Error>,
     },
 
+    /// A write or delete of a path another job's storage holds (a forked job's reused
+    /// output): it is that job's object, read here in place, never changed from here.
+    #[error("refusing to {op} `{path}` under `{url}`: it is a reused output that `{owner}` holds")]
+    Linked {
+        op: &'static str,
+        url: String,
+        path: String,
+        owner: String,
+    },
+
     /// The object does not exist.
     #[error("`{url}/{path}` does not exist; check the path, or whether the stage that writes it has run")]
     NotFound { url: String, path: String },

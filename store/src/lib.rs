@@ -11,6 +11,7 @@
 mod error;
 pub mod faults;
 mod folders;
+mod links;
 #[cfg(test)]
 mod tests;
 
@@ -30,6 +31,7 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 
 pub use error::StorageError;
 pub use folders::DownloadSummary;
+pub use links::Links;
 
 /// Payloads larger than this go up as a multipart upload of parts this size.
 ///
@@ -59,6 +61,8 @@ pub struct Storage {
     /// For a local store: the folder `base_url` names.
     local_dir: Option<PathBuf>,
     part_size: usize,
+    /// Paths read from other roots (a forked job's reused outputs); never written here.
+    links: Option<Arc<Links>>,
 }
 
 impl fmt::Debug for Storage {
@@ -224,6 +228,32 @@ impl Storage {
             root: String::new(),
             local_dir: None,
             part_size: DEFAULT_PART_SIZE,
+            links: None,
+        }
+    }
+
+    /// This storage, reading the paths `links` names from their own roots. Writing or
+    /// deleting a linked path is refused: those objects belong to another job.
+    pub fn with_links(mut self, links: Links) -> Storage {
+        self.links = (!links.is_empty()).then(|| Arc::new(links));
+        self
+    }
+
+    /// The storage a read of `path` goes to when `path` is linked.
+    fn linked(&self, path: &str) -> Option<&Storage> {
+        self.links.as_ref()?.target(trim_slashes(path))
+    }
+
+    /// Refuses a write or delete of a linked path.
+    fn own(&self, op: &'static str, path: &str) -> Result<(), StorageError> {
+        match self.linked(path) {
+            Some(owner) => Err(StorageError::Linked {
+                op,
+                url: self.url(),
+                path: trim_slashes(path).to_string(),
+                owner: owner.url(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -233,12 +263,20 @@ impl Storage {
     /// on the first operation.
     pub fn join(&self, sub: &str) -> Storage {
         let sub = trim_slashes(sub);
+        if let Some(owner) = self.linked(sub) {
+            return owner.join(sub);
+        }
         let root = match (self.root.is_empty(), sub.is_empty()) {
             (_, true) => self.root.clone(),
             (true, false) => sub.to_string(),
             (false, false) => format!("{}/{sub}", self.root),
         };
-        Storage { root, ..self.clone() }
+        // Links name paths relative to this root; below it they would not match.
+        Storage {
+            root,
+            links: None,
+            ..self.clone()
+        }
     }
 
     /// Sets the multipart part size (clamped to at least [`MIN_PART_SIZE`]).
@@ -317,6 +355,7 @@ impl Storage {
     /// up as a multipart upload with a few parts in flight; smaller ones as one put. Either
     /// way the object appears whole or not at all (a failed multipart upload is aborted).
     pub async fn put(&self, path: &str, data: Bytes) -> Result<(), StorageError> {
+        self.own("write", path)?;
         let location = self.location(path)?;
         if data.len() <= self.part_size {
             self.store
@@ -352,6 +391,9 @@ impl Storage {
 
     /// Reads the object at `path`; [`StorageError::NotFound`] when it does not exist.
     pub async fn get(&self, path: &str) -> Result<Bytes, StorageError> {
+        if let Some(owner) = self.linked(path) {
+            return Box::pin(owner.get(path)).await;
+        }
         let location = self.location(path)?;
         let result = self.store.get(&location).await.map_err(self.store_err("get", path))?;
         result.bytes().await.map_err(self.store_err("read", path))
@@ -363,6 +405,9 @@ impl Storage {
         &self,
         path: &str,
     ) -> Result<(u64, futures::stream::BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
+        if let Some(owner) = self.linked(path) {
+            return Box::pin(owner.get_stream(path)).await;
+        }
         let location = self.location(path)?;
         let result = self.store.get(&location).await.map_err(self.store_err("get", path))?;
         let size = result.meta.size;
@@ -390,6 +435,9 @@ impl Storage {
 
     /// The size of the object at `path`; `None` when it does not exist.
     pub async fn size_opt(&self, path: &str) -> Result<Option<u64>, StorageError> {
+        if let Some(owner) = self.linked(path) {
+            return Box::pin(owner.size_opt(path)).await;
+        }
         let location = self.location(path)?;
         match self.store.head(&location).await {
             Ok(meta) => Ok(Some(meta.size)),
@@ -403,6 +451,9 @@ impl Storage {
     ///
     /// Prefixes match whole segments: `a/b` lists `a/b/x` but not `a/bc`.
     pub async fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
+        if let Some(owner) = self.linked(prefix) {
+            return Box::pin(owner.list_sizes(prefix)).await;
+        }
         let location = self.location(prefix)?;
         let prefix_arg = (!location.as_ref().is_empty()).then_some(&location);
         let metas: Vec<_> = self
@@ -425,6 +476,7 @@ impl Storage {
     /// Deletes the object at `path`. Deleting a missing object succeeds, so a retried or
     /// concurrent clean-up does not fail.
     pub async fn delete(&self, path: &str) -> Result<(), StorageError> {
+        self.own("delete", path)?;
         let location = self.location(path)?;
         match self.store.delete(&location).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -435,6 +487,7 @@ impl Storage {
     /// Deletes every object under `prefix` (whole segments, as [`Storage::list`]); returns
     /// how many were listed for deletion.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {
+        self.own("delete", prefix)?;
         let objects = self.list(prefix).await?;
         let locations = objects
             .iter()

@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::HashMap;
 
 #[test]
 fn urls_parse_to_stores_and_roots() {
@@ -86,4 +87,45 @@ fn a_folder_uploads_file_by_file_and_downloads_back() {
 
     let err = rt.block_on(s.upload_dir("x", tmp.path().join("missing"))).unwrap_err();
     assert!(matches!(err, StorageError::LocalRead { .. }), "{err}");
+}
+
+/// A job's storage with links reads the linked paths from the other root, in place, and
+/// refuses to write or delete them; its own paths stay its own.
+#[tokio::test]
+async fn linked_paths_are_read_from_their_owner_and_never_written() {
+    let store = Storage::from_url("memory://").unwrap();
+    let parent = store.join("jobs/parent");
+    parent
+        .put("cache/a.bin", Bytes::from_static(b"parent's"))
+        .await
+        .unwrap();
+    parent.put("cache/sub/b.bin", Bytes::from_static(b"b")).await.unwrap();
+    // Paths under `cache/` belong to the task "capture"; only that one is linked.
+    let owner_of = |path: &str| path.starts_with("cache").then(|| "capture".to_string());
+    let links = Links::new(owner_of, HashMap::from([("capture".to_string(), parent.clone())]));
+    let child = store.join("jobs/child").with_links(links);
+    child.put("own.bin", Bytes::from_static(b"own")).await.unwrap();
+
+    assert_eq!(child.get("cache/a.bin").await.unwrap(), Bytes::from_static(b"parent's"));
+    assert_eq!(child.size_opt("cache/a.bin").await.unwrap(), Some(8));
+    assert_eq!(child.get_opt("cache/missing").await.unwrap(), None);
+    assert_eq!(child.list("cache").await.unwrap(), ["cache/a.bin", "cache/sub/b.bin"]);
+    assert_eq!(
+        child.join("cache/sub").get("b.bin").await.unwrap(),
+        Bytes::from_static(b"b")
+    );
+    let (size, _) = child.get_stream("cache/a.bin").await.unwrap();
+    assert_eq!(size, 8);
+    assert_eq!(child.get("own.bin").await.unwrap(), Bytes::from_static(b"own"));
+    assert_eq!(child.list("").await.unwrap(), ["own.bin"], "nothing was copied");
+
+    for err in [
+        child.put("cache/a.bin", Bytes::from_static(b"x")).await.unwrap_err(),
+        child.delete("cache/a.bin").await.unwrap_err(),
+        child.delete_prefix("cache").await.unwrap_err(),
+    ] {
+        assert!(matches!(err, StorageError::Linked { .. }), "{err}");
+        assert!(err.to_string().contains("memory://jobs/parent"), "{err}");
+    }
+    assert_eq!(parent.list("").await.unwrap(), ["cache/a.bin", "cache/sub/b.bin"]);
 }
