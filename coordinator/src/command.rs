@@ -44,6 +44,8 @@ pub enum Command {
         spec: Arc<JobSpec>,
         /// The random part of the new job's id.
         id_suffix: String,
+        /// The job this one forks: its reusable succeeded tasks are taken over.
+        fork_of: Option<JobId>,
     },
     /// Cancel every unfinished task; holders learn it at their next heartbeat.
     Cancel { job_id: JobId, reason: String },

@@ -152,6 +152,7 @@ pub fn task(task: &TaskRecord, pending_reason: &str) -> pb::Task {
         result_labels: result.labels.into_iter().collect(),
         pending_reason: pending_reason.to_string(),
         gang_size: task.gang_size,
+        reused_from: task.reused_from.clone().unwrap_or_default(),
     }
 }
 
@@ -166,7 +167,10 @@ pub fn job(job: &JobRecord, tasks: &[TaskRecord], waiting: Option<&Waiting>) -> 
         match task.state {
             TaskState::Pending => summary.pending += 1,
             TaskState::Leased | TaskState::Running => summary.running += 1,
-            TaskState::Succeeded => summary.succeeded += 1,
+            TaskState::Succeeded => {
+                summary.succeeded += 1;
+                summary.reused += u32::from(task.reused_from.is_some());
+            }
             TaskState::Failed => summary.failed += 1,
             TaskState::Cancelled => summary.cancelled += 1,
         }
@@ -191,6 +195,8 @@ pub fn job(job: &JobRecord, tasks: &[TaskRecord], waiting: Option<&Waiting>) -> 
             .map(|pair| pb::BlockRate::from(*pair))
             .collect(),
         request_id: job.request_id.clone(),
+        forked_from: job.forked_from.clone().unwrap_or_default(),
+        reuse_notes: job.reuse_notes.clone(),
     }
 }
 
@@ -208,6 +214,18 @@ pub fn assignment(
         .filter(|dep| task.after.contains(&dep.stage))
         .filter_map(|dep| Some((dep.id.clone(), result(dep.result.as_ref()?))))
         .collect();
+    let root_of = |job_id: &str| {
+        format!(
+            "{}/{}",
+            store_url.trim_end_matches('/'),
+            surgery_core::layout::job_root(job_id)
+        )
+    };
+    let reused_roots = cluster.tasks[&job.id]
+        .list
+        .iter()
+        .filter_map(|t| Some((t.id.clone(), root_of(t.reused_from.as_deref()?))))
+        .collect();
     pb::TaskAssignment {
         job_id: job.id.clone(),
         task_id: TaskRef::new(&job.id, &task.id).to_string(),
@@ -224,12 +242,9 @@ pub fn assignment(
             .flatten()
             .map(|pair| pb::BlockRate::from(*pair))
             .collect(),
-        job_root_url: format!(
-            "{}/{}",
-            store_url.trim_end_matches('/'),
-            surgery_core::layout::job_root(&job.id)
-        ),
+        job_root_url: root_of(&job.id),
         inputs,
+        reused_roots,
     }
 }
 

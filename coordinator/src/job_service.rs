@@ -99,6 +99,7 @@ impl pb::job_service_server::JobService for JobApi {
                 spec_yaml: req.spec_yaml,
                 spec: Arc::new(spec),
                 id_suffix: short_id(),
+                fork_of: (!req.fork_of.is_empty()).then_some(req.fork_of),
             };
             let outcome = self.engine.run(command).await.map_err(convert::reject_status)?;
             let Outcome::Submitted(submitted) = outcome else {

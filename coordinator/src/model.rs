@@ -48,6 +48,12 @@ pub struct JobRecord {
     /// The select stage's choice: (block, rate) for every block (stored as wire codes).
     #[serde(default, with = "surgery_core::rate::code_pairs")]
     pub selected_layout: Option<Vec<(u32, Rate)>>,
+    /// The job this one was forked from.
+    #[serde(default)]
+    pub forked_from: Option<JobId>,
+    /// What the fork reused, a line per stage.
+    #[serde(default)]
+    pub reuse_notes: Vec<String>,
 }
 
 /// What a task does, beyond its stage.
@@ -163,6 +169,9 @@ pub struct TaskRecord {
     #[serde(default)]
     pub last_failure: Option<Failure>,
     pub updated_ms: UnixMs,
+    /// A forked job's task that did not run: the job whose outputs (and result) it has.
+    #[serde(default)]
+    pub reused_from: Option<JobId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

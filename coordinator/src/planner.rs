@@ -34,6 +34,7 @@ pub fn plan(job_id: &JobId, spec: &JobSpec, now: UnixMs) -> Vec<TaskRecord> {
             result: None,
             last_failure: None,
             updated_ms: now,
+            reused_from: None,
         });
     };
 

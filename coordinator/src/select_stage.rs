@@ -96,8 +96,18 @@ pub fn select(spec: &JobSpec, tasks: &[TaskRecord]) -> Result<Chosen, String> {
             (select::explicit(&input, &layout), input.softmax_total())
         }
     };
-    let selection = selection.map_err(|e| e.to_string())?;
     let softmax_total = input.softmax_total();
+    let selection = selection.map_err(|e| match e {
+        // The distillation is done and sound: only the budget was wrong.
+        select::SelectError::Infeasible { minimum, .. } => format!(
+            "{e}; the smallest feasible budget is {:.3} of softmax: fork this job with a larger \
+             surgery.selection.knapsack.budget (`surgeryctl fork <this job> -f spec.yaml`), which reuses its \
+             capture and distillation",
+            // Rounded up, so the budget it names is feasible.
+            ((minimum / softmax_total).min(1.0) * 1000.0).ceil() / 1000.0
+        ),
+        e => e.to_string(),
+    })?;
     let unit = match cost_source {
         CostSource::Flops => "FLOPs",
         CostSource::Measured => "ms",
@@ -214,6 +224,18 @@ mod tests {
         let spec = tiny("knapsack: {budget: 0.01, cost: flops}");
         let err = select(&spec, &distilled(&spec)).unwrap_err();
         assert!(err.contains("infeasible"), "{err}");
+        // It says what to do: fork with a budget that is feasible.
+        assert!(err.contains("surgeryctl fork"), "{err}");
+        let named: f64 = err
+            .split("smallest feasible budget is ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no budget named: {err}"));
+        let feasible = tiny(&format!("knapsack: {{budget: {named}, cost: flops}}"));
+        assert!(select(&feasible, &distilled(&feasible)).is_ok(), "budget {named}");
+        let below = tiny(&format!("knapsack: {{budget: {}, cost: flops}}", named - 0.002));
+        assert!(select(&below, &distilled(&below)).is_err(), "budget {}", named - 0.002);
     }
 
     #[test]

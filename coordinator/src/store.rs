@@ -346,6 +346,7 @@ mod tests {
             spec_yaml: yaml.into(),
             spec: Arc::new(JobSpec::parse(yaml).unwrap()),
             id_suffix: "abc".into(),
+            fork_of: None,
         };
         let Ok(Outcome::Submitted(submitted)) = cluster.apply(5, timing, submit) else {
             panic!("submit refused");

@@ -55,6 +55,15 @@ pub enum OutputFormat {
 pub enum Command {
     /// Validate a job spec locally, then submit it; prints the job id.
     Submit(SubmitArgs),
+    /// Submit a new job that reuses JOB's succeeded capture and distillation wherever
+    /// their inputs are identical (another budget, more fine-tuning, ...); prints the new
+    /// job's id and, on stderr, what it reused. The same as `submit --reuse JOB FILE`.
+    Fork {
+        /// The job to fork.
+        job: String,
+        #[command(flatten)]
+        submit: ForkArgs,
+    },
     /// Check a job spec without a coordinator and summarise what it will run.
     Validate {
         /// The job spec (YAML); `-` reads stdin.
@@ -122,6 +131,24 @@ pub struct SubmitArgs {
     pub file: PathBuf,
     /// Makes the submit idempotent: resubmitting with the same id returns the same job
     /// (a fresh UUID is used when left out).
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub request_id: Option<String>,
+    /// After submitting, stream the job's events like `watch`.
+    #[arg(long)]
+    pub watch: bool,
+    /// Fork this job: reuse its succeeded capture and distill tasks wherever their inputs
+    /// are identical (see `surgeryctl fork`).
+    #[arg(long, value_name = "JOB", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub reuse: Option<String>,
+}
+
+/// `surgeryctl fork JOB -f FILE`: the spec is a flag here, the job the argument.
+#[derive(Debug, Clone, Args)]
+pub struct ForkArgs {
+    /// The new job's spec (YAML); `-` reads stdin.
+    #[arg(long, short = 'f')]
+    pub file: PathBuf,
+    /// Makes the submit idempotent (as for `submit`).
     #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub request_id: Option<String>,
     /// After submitting, stream the job's events like `watch`.

@@ -81,6 +81,12 @@ pub fn job_header(job: &JobView) -> String {
     if let Some(failure) = &job.failure {
         lines.push(("Failure", failure.clone()));
     }
+    if let Some(parent) = &job.forked_from {
+        lines.push(("Forked", format!("from {parent}")));
+        for note in &job.reuse_notes {
+            lines.push(("Reused", note.clone()));
+        }
+    }
     lines
         .into_iter()
         .map(|(key, value)| format!("{:<11}{value}", format!("{key}:")))
@@ -98,7 +104,11 @@ pub fn stage_table(job: &JobView) -> String {
                 stage.total.to_string(),
                 stage.pending.to_string(),
                 stage.running.to_string(),
-                stage.succeeded.to_string(),
+                if stage.reused > 0 {
+                    format!("{} ({} reused)", stage.succeeded, stage.reused)
+                } else {
+                    stage.succeeded.to_string()
+                },
                 stage.failed.to_string(),
                 stage.cancelled.to_string(),
             ]
@@ -128,9 +138,13 @@ pub fn task_table(status: &StatusView) -> String {
                 (None, Some(failure)) => failure.clone(),
                 (_, None) => String::new(),
             };
+            let state = match &task.reused_from {
+                Some(job) => format!("reused ({job})"),
+                None => task.state.clone(),
+            };
             vec![
                 task.id.clone(),
-                task.state.clone(),
+                state,
                 task.attempt.to_string(),
                 task.holders.join(","),
                 distill::task_progress(task),

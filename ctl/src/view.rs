@@ -90,6 +90,12 @@ pub struct JobView {
     pub selected_layout: Vec<BlockRateView>,
     /// `blocks 0,3 at R2; block 5 at linear; 27 softmax`; `null` before select ran.
     pub selected_layout_summary: Option<String>,
+    /// The job this one was forked from; `null` for a fresh job.
+    #[serde(default)]
+    pub forked_from: Option<String>,
+    /// What the fork reused, a line per stage.
+    #[serde(default)]
+    pub reuse_notes: Vec<String>,
 }
 
 /// Tasks succeeded out of all tasks of the job.
@@ -108,6 +114,9 @@ pub struct StageView {
     pub succeeded: u32,
     pub failed: u32,
     pub cancelled: u32,
+    /// Of the succeeded: reused from the job this one was forked from.
+    #[serde(default)]
+    pub reused: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +157,8 @@ impl From<&pb::Job> for JobView {
                 })
                 .collect(),
             selected_layout_summary: layout_summary(job),
+            forked_from: non_empty(&job.forked_from),
+            reuse_notes: job.reuse_notes.clone(),
         }
     }
 }
@@ -162,6 +173,7 @@ impl From<&pb::StageSummary> for StageView {
             succeeded: summary.succeeded,
             failed: summary.failed,
             cancelled: summary.cancelled,
+            reused: summary.reused,
         }
     }
 }
@@ -188,6 +200,9 @@ pub struct TaskView {
     pub result_artifacts: Vec<String>,
     /// Stages whose every task must succeed first.
     pub after_stages: Vec<String>,
+    /// The job that ran this task and holds its outputs, when it was reused by a fork.
+    #[serde(default)]
+    pub reused_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -235,6 +250,7 @@ impl From<&pb::Task> for TaskView {
             result_metrics: task.result_metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             result_artifacts: task.result_artifacts.clone(),
             after_stages: task.after_stages().map(|s| stage_word(s).to_string()).collect(),
+            reused_from: non_empty(&task.reused_from),
         }
     }
 }

@@ -510,6 +510,7 @@ pub async fn submit(
         .submit_job(pb::SubmitJobRequest {
             request_id: request_id.into(),
             spec_yaml: yaml.into(),
+            fork_of: String::new(),
         })
         .await?
         .into_inner())

@@ -18,6 +18,7 @@ impl Cluster {
         spec_yaml: &str,
         spec: Arc<JobSpec>,
         id_suffix: &str,
+        fork_of: Option<&str>,
     ) -> Result<Submitted, Reject> {
         if request_id.is_empty() {
             return Err(Reject::Invalid("request_id must not be empty".into()));
@@ -34,13 +35,14 @@ impl Cluster {
                 created: false,
             });
         }
+        let parent_spec = fork_of.map(|parent| self.fork_source(parent)).transpose()?;
         let job_id = surgery_core::ids::job_id(&spec.name, id_suffix);
         if self.jobs.contains_key(&job_id) {
             return Err(Reject::Conflict(format!("job id {job_id} exists; retry the submit")));
         }
         self.counters.job_seq += 1;
         self.changes.counters_changed = true;
-        let job = JobRecord {
+        let mut job = JobRecord {
             id: job_id.clone(),
             name: spec.name.clone(),
             request_id: request_id.to_string(),
@@ -59,9 +61,15 @@ impl Cluster {
                 max_interruptions: spec.retry.max_interruptions,
             },
             selected_layout: None,
+            forked_from: fork_of.map(str::to_string),
+            reuse_notes: Vec::new(),
         };
-        let tasks = planner::plan(&job_id, &spec, now);
+        let mut tasks = planner::plan(&job_id, &spec, now);
         let count = tasks.len();
+        if let (Some(parent), Some(parent_spec)) = (fork_of, &parent_spec) {
+            job.reuse_notes = self.take_over(now, parent, parent_spec, &spec, &mut tasks);
+        }
+        let reused = tasks.iter().filter(|t| t.reused_from.is_some()).count();
         for task in &tasks {
             self.changes.tasks.insert((job_id.clone(), task.id.clone()));
         }
@@ -78,6 +86,16 @@ impl Cluster {
             "submitted",
             format!("job submitted with {count} tasks"),
         );
+        if let Some(parent) = fork_of {
+            let notes = self.jobs[&job_id].reuse_notes.join("; ");
+            self.event(
+                now,
+                &job_id,
+                None,
+                "forked",
+                format!("forked from {parent}: {reused} of {count} tasks reused ({notes})"),
+            );
+        }
         Ok(Submitted { job_id, created: true })
     }
 

@@ -3,7 +3,7 @@
 //! in the module named for its concern: `jobs` (submit, cancel, resume, settling a job),
 //! `workers` (register, poll, being heard from, the end of an incarnation), `leases`
 //! (the holder check, heartbeat, complete, fail, interrupt, revoke), `gangs`
-//! (rendezvous) and `decisions` (the scheduler's grants, expiries and lost workers, and
+//! (rendezvous), `forks` (what a forked job takes over from its parent) and `decisions` (the scheduler's grants, expiries and lost workers, and
 //! the select stage). Transitions take the time as an argument and do no I/O: each
 //! records what it touched, and [`Cluster::take_changes`] hands that to the store.
 
@@ -114,6 +114,7 @@ pub struct Cluster {
 }
 
 mod decisions;
+mod forks;
 mod gangs;
 mod jobs;
 mod leases;
@@ -178,8 +179,9 @@ impl Cluster {
                 spec_yaml,
                 spec,
                 id_suffix,
+                fork_of,
             } => self
-                .submit(now, &request_id, &spec_yaml, spec, &id_suffix)
+                .submit(now, &request_id, &spec_yaml, spec, &id_suffix, fork_of.as_deref())
                 .map(Outcome::Submitted),
             Command::Cancel { job_id, reason } => self.cancel_job(now, &job_id, &reason).map(|()| Outcome::Cancelled),
             Command::Resume { job_id } => self.resume_job(now, &job_id).map(Outcome::Resumed),

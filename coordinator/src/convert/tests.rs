@@ -215,6 +215,8 @@ fn a_job_counts_its_tasks_by_state_and_stage() {
             max_interruptions: 10,
         },
         selected_layout: Some(vec![(0, Rate::Softmax), (1, Rate::Linear)]),
+        forked_from: None,
+        reuse_notes: Vec::new(),
     };
     let wire = job(&record, &tasks, None);
     let [distill] = wire.stages.as_slice() else {

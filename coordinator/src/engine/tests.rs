@@ -89,6 +89,7 @@ impl Harness {
             spec_yaml: yaml.into(),
             spec: Arc::new(JobSpec::parse(yaml).unwrap()),
             id_suffix: "e1".into(),
+            fork_of: None,
         };
         match self.engine().run(command).await.unwrap() {
             Outcome::Submitted(s) => s.job_id,
@@ -317,6 +318,7 @@ async fn a_grant_reaches_its_worker_only_once_durable() {
             spec_yaml: yaml.into(),
             spec: Arc::new(JobSpec::parse(yaml).unwrap()),
             id_suffix: "e1".into(),
+            fork_of: None,
         };
         tokio::spawn(async move { engine.run(command).await })
     };

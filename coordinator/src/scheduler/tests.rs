@@ -66,9 +66,25 @@ impl Sim {
             spec_yaml: yaml.into(),
             spec: Arc::new(JobSpec::parse(yaml).unwrap()),
             id_suffix: suffix.into(),
+            fork_of: None,
         };
         match self.apply(command)? {
             Outcome::Submitted(submitted) => Ok(submitted),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn fork(&mut self, parent: &str, yaml: &str) -> Result<JobId, Reject> {
+        let suffix = self.suffix();
+        let command = Command::Submit {
+            request_id: format!("req-{suffix}"),
+            spec_yaml: yaml.into(),
+            spec: Arc::new(JobSpec::parse(yaml).unwrap()),
+            id_suffix: suffix,
+            fork_of: Some(parent.into()),
+        };
+        match self.apply(command)? {
+            Outcome::Submitted(submitted) => Ok(submitted.job_id),
             other => panic!("{other:?}"),
         }
     }
@@ -298,6 +314,58 @@ fn grants(decisions: &[Decision]) -> Vec<(String, Vec<String>)> {
             _ => None,
         })
         .collect()
+}
+
+#[test]
+fn a_fork_takes_over_only_what_succeeded_in_its_parent() {
+    let mut sim = Sim::new();
+    let w = sim.worker("w", "cpu", 1);
+    let parent = sim.submit(&tiny_yaml("a", 0, ""));
+    sim.finish_stage(&parent, Stage::Capture, &w);
+    // One distill task done, the rest not yet.
+    sim.wait(&w, 0);
+    let granted = grants(&sim.tick());
+    let first = granted[0].0.clone();
+    sim.complete(&w, &parent, &first, 1).unwrap();
+
+    let yaml = tiny_yaml("b", 0, "").replace("budget: 0.8", "budget: 0.6");
+    let child = sim.fork(&parent, &yaml).unwrap();
+    let reused: Vec<&str> = sim.cluster.tasks[&child]
+        .list
+        .iter()
+        .filter(|t| t.reused_from.is_some())
+        .map(|t| t.id.as_str())
+        .collect();
+    assert_eq!(reused, ["capture/shard-0000", "capture/shard-0001", first.as_str()]);
+    let task = sim.task(&child, &first);
+    assert_eq!(task.state, TaskState::Succeeded);
+    assert_eq!(task.result, sim.task(&parent, &first).result);
+    assert_eq!(task.attempt, 0);
+    let job = &sim.cluster.jobs[&child];
+    assert_eq!(job.forked_from.as_deref(), Some(parent.as_str()));
+    assert_eq!(
+        job.reuse_notes,
+        [
+            "capture: 2 of 2 reused",
+            "distill: 1 of 6 reused; 5 not finished in the parent"
+        ]
+    );
+    // The child's next grant is a distill task the parent had not finished.
+    sim.wait(&w, 0);
+    let next = grants(&sim.tick());
+    assert!(next[0].0.starts_with("distill/") && next[0].0 != first, "{next:?}");
+
+    // A fork of the fork names the job that ran each task.
+    let grandchild = sim.fork(&child, &yaml).unwrap();
+    let task = sim.task(&grandchild, "capture/shard-0001");
+    assert_eq!(task.reused_from.as_deref(), Some(parent.as_str()));
+
+    assert_eq!(
+        sim.fork("nope-0000", &yaml),
+        Err(Reject::NotFound(
+            "cannot fork job `nope-0000`: there is no such job (surgeryctl list shows the jobs)".into()
+        ))
+    );
 }
 
 #[test]

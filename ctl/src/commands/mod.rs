@@ -39,6 +39,15 @@ pub async fn dispatch(cli: Cli) -> Result<u8, CtlError> {
     };
     match cli.command {
         Command::Submit(args) => submit::run(&ctx, &args).await,
+        Command::Fork { job, submit: fork } => {
+            let args = crate::cli::SubmitArgs {
+                file: fork.file,
+                request_id: fork.request_id,
+                watch: fork.watch,
+                reuse: Some(job),
+            };
+            submit::run(&ctx, &args).await
+        }
         Command::Validate { file } => validate::run(&ctx, &file),
         Command::Status { job, tasks } => status::run(&ctx, &job, tasks).await,
         Command::List { state } => list::run(&ctx, &state).await,

@@ -1,6 +1,8 @@
 //! `surgeryctl submit FILE`: check the spec locally (a bad spec fails without a
 //! server), send it with an idempotency key, print the job id; `--watch` then follows
-//! the job like `watch`.
+//! the job like `watch`. `--reuse JOB` (and `surgeryctl fork`) forks JOB: the new job
+//! takes over its parent's reusable capture and distillation, and what it reused is said
+//! on stderr.
 
 use super::{Context, validate, watch};
 use crate::error::CtlError;
@@ -20,6 +22,7 @@ pub async fn run(ctx: &Context, args: &crate::cli::SubmitArgs) -> Result<u8, Ctl
         .submit_job(SubmitJobRequest {
             request_id: request_id.clone(),
             spec_yaml: yaml,
+            fork_of: args.reuse.clone().unwrap_or_default(),
         })
         .await
         .map_err(|status| CtlError::rpc_for_file(status, &file))?
@@ -38,6 +41,13 @@ pub async fn run(ctx: &Context, args: &crate::cli::SubmitArgs) -> Result<u8, Ctl
             "already submitted: request id {} created job {} earlier",
             view.request_id, view.job.id
         );
+    }
+    if let Some(parent) = &view.job.forked_from {
+        // stderr, as above: stdout is the id alone.
+        eprintln!("forked from {parent}:");
+        for note in &view.job.reuse_notes {
+            eprintln!("  {note}");
+        }
     }
     let text = |view: &SubmitView| view.job.id.clone();
     if args.watch {

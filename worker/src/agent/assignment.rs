@@ -73,6 +73,7 @@ pub fn stage_input(assignment: &pb::TaskAssignment) -> Result<StageInput, TaskEr
             })
             .collect(),
         job_root: assignment.job_root_url.clone(),
+        reused_roots: assignment.reused_roots.clone().into_iter().collect(),
         rank: assignment.rank,
         gang_size: assignment.gang_size,
     })

@@ -23,6 +23,9 @@ pub struct StageInput {
     /// Object-store URL of the job's folder (`{store}/jobs/{job}`): every path of
     /// `surgery_core::layout` is relative to it.
     pub job_root: String,
+    /// A forked job's reused tasks (by name) and the URL of the job root holding their
+    /// outputs, which this task reads there.
+    pub reused_roots: BTreeMap<String, String>,
     /// This member's rank in its gang (0 outside one).
     pub rank: u32,
     /// Members of the gang (1, or 0 from an older coordinator, outside one).

@@ -47,11 +47,12 @@ pub mod task;
 pub mod trainer;
 pub mod training;
 
-use crate::storage::Storage;
+use crate::storage::{Links, Storage, StorageError};
 pub use gang::Gang;
 pub use input::{CaptureShard, DependencyResult, DistillPair, StageInput, StageParams};
 use std::path::PathBuf;
 use std::sync::Arc;
+use surgery_core::layout;
 pub use task::{StopReason, TaskError, TaskHandle, TaskOutput};
 use tch::Device;
 
@@ -68,9 +69,18 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
-    /// The job's folder in object storage (`{object_store_url}/jobs/{job}`).
+    /// The job's folder in object storage (`{object_store_url}/jobs/{job}`). A forked
+    /// job's reused outputs are read where the job that ran them wrote them.
     pub fn job_storage(&self) -> Result<Storage, TaskError> {
-        Storage::from_url(&self.input.job_root).map_err(TaskError::retryable)
+        let storage = Storage::from_url(&self.input.job_root).map_err(TaskError::retryable)?;
+        let roots = self
+            .input
+            .reused_roots
+            .iter()
+            .map(|(task, root)| Ok((task.clone(), Storage::from_url(root)?)))
+            .collect::<Result<_, StorageError>>()
+            .map_err(TaskError::retryable)?;
+        Ok(storage.with_links(Links::new(layout::producer, roots)))
     }
 
     /// Runs an async call (storage, RPC) to completion from the stage's thread.

@@ -203,6 +203,7 @@ mod tests {
                 layout: Vec::new(),
                 dependencies: BTreeMap::new(),
                 job_root: "memory://".into(),
+                reused_roots: BTreeMap::new(),
                 rank: 0,
                 gang_size: 1,
             },

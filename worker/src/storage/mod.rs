@@ -20,5 +20,5 @@ pub mod tensors;
 
 pub use checkpoint::{CheckpointError, Checkpointer, FileEntry, MANIFEST_FILE, Manifest, Restored, SkippedCheckpoint};
 pub use snapshot::SnapshotWriter;
-pub use store::{DEFAULT_PART_SIZE, DownloadSummary, MIN_PART_SIZE, Storage, StorageError};
+pub use store::{DEFAULT_PART_SIZE, DownloadSummary, Links, MIN_PART_SIZE, Storage, StorageError};
 pub use tensors::{TensorBytesError, from_bytes, to_bytes, try_to_bytes};

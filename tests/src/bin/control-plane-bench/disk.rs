@@ -29,6 +29,7 @@ pub fn plan_and_persist(shards: u32) -> anyhow::Result<(usize, Duration, Duratio
         spec_yaml: yaml.clone(),
         spec,
         id_suffix: "x".into(),
+        fork_of: None,
     };
     let job = match cluster.apply(0, timing, submit) {
         Ok(Outcome::Submitted(submitted)) => submitted,

@@ -269,6 +269,7 @@ pub async fn load(args: &Args, addr: &str, pid: Option<i32>) -> anyhow::Result<R
         .submit_job(pb::SubmitJobRequest {
             request_id: "bench".into(),
             spec_yaml: bench_spec(args.shards),
+            fork_of: String::new(),
         })
         .await?
         .into_inner();
